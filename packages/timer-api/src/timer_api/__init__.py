@@ -1,0 +1,58 @@
+"""The shared contract of the timer packages: request types, codec, abstract client/queue/server.
+
+A worker arms a timer around risky code; a watchdog server reaps the worker if the
+block outlives it::
+
+    from timer_api import configure, expires
+    from timer_file import FileTimerClient
+
+    configure(FileTimerClient("/run/timer.pipe"))
+    with expires(after=60):
+        train_step()
+
+Names and signatures follow ``torch.distributed.elastic.timer``.
+"""
+
+from .__about__ import __version__
+from ._client import TimerClient
+from ._codec import (
+    MAX_REQUEST_BYTES,
+    LineDecoder,
+    decode_json,
+    decode_msgpack,
+    encode_json,
+    encode_json_line,
+    encode_msgpack,
+)
+from ._errors import InvalidRequestError, RejectReason, TimerExpired
+from ._expires import configure, expires
+from ._procfs import process_start_time
+from ._queue import RequestQueue
+from ._request import TimerRequest
+from ._server import TimerServer
+from ._stacks import DEFAULT_STACK_SIGNAL, STACK_SIGNAL_ENV, STACKS_DIR_ENV, stack_dump_path
+
+__all__ = [
+    "DEFAULT_STACK_SIGNAL",
+    "MAX_REQUEST_BYTES",
+    "STACKS_DIR_ENV",
+    "STACK_SIGNAL_ENV",
+    "InvalidRequestError",
+    "LineDecoder",
+    "RejectReason",
+    "RequestQueue",
+    "TimerClient",
+    "TimerExpired",
+    "TimerRequest",
+    "TimerServer",
+    "__version__",
+    "configure",
+    "decode_json",
+    "decode_msgpack",
+    "encode_json",
+    "encode_json_line",
+    "encode_msgpack",
+    "expires",
+    "process_start_time",
+    "stack_dump_path",
+]

@@ -1,0 +1,172 @@
+"""Encode and decode requests: JSON lines (torch's FIFO format) and MessagePack.
+
+Every decoder is built once at import and reused. Decoding untrusted input either
+returns a :class:`TimerRequest` or raises :class:`InvalidRequestError`; nothing else.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._errors import InvalidRequestError, RejectReason
+from ._request import TimerRequest
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "LineDecoder",
+    "decode_json",
+    "decode_msgpack",
+    "encode_json",
+    "encode_json_line",
+    "encode_msgpack",
+]
+
+#: Largest encoded request accepted, newline included: PIPE_BUF on Linux, so that
+#: one ``write()`` of a request to a pipe is atomic.
+MAX_REQUEST_BYTES = 4096
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder(TimerRequest)
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_msgpack_decoder = msgspec.msgpack.Decoder(TimerRequest)
+
+_FLOAT_FIELDS = ("`$.expiration_time`", "`$.deadline`")
+
+
+def encode_json(request: TimerRequest) -> bytes:
+    """Encode ``request`` as one JSON object, without a newline."""
+    return _json_encoder.encode(request)
+
+
+def encode_json_line(request: TimerRequest) -> bytes:
+    """Encode ``request`` as one newline-terminated JSON line for a pipe.
+
+    Raises :class:`InvalidRequestError` (``oversize``) when the line would exceed
+    :data:`MAX_REQUEST_BYTES`, because a longer write is no longer atomic.
+    """
+    line = _json_encoder.encode(request) + b"\n"
+    if len(line) > MAX_REQUEST_BYTES:
+        raise InvalidRequestError(
+            RejectReason.OVERSIZE,
+            f"encoded request is {len(line)} bytes, limit {MAX_REQUEST_BYTES}",
+            line,
+        )
+    return line
+
+
+def encode_msgpack(request: TimerRequest) -> bytes:
+    """Encode ``request`` as one MessagePack map."""
+    return _msgpack_encoder.encode(request)
+
+
+def decode_json(data: bytes | str) -> TimerRequest:
+    """Decode one JSON object into a :class:`TimerRequest`, or raise :class:`InvalidRequestError`."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise _oversize(raw)
+    try:
+        return _json_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise _rejection(exc, raw) from None
+
+
+def decode_msgpack(data: bytes) -> TimerRequest:
+    """Decode one MessagePack map into a :class:`TimerRequest`, or raise :class:`InvalidRequestError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidRequestError(
+            RejectReason.WRONG_OBJECT, f"expected bytes, got {type(data).__name__}"
+        )
+    if len(data) > MAX_REQUEST_BYTES:
+        raise _oversize(bytes(data))
+    try:
+        return _msgpack_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _rejection(exc, bytes(data)) from None
+
+
+class LineDecoder:
+    """Split a byte stream into JSON lines and decode each one.
+
+    Feed it chunks as they are read; it keeps an unfinished last line for the next
+    chunk, and discards a line longer than :data:`MAX_REQUEST_BYTES` up to its
+    newline (reported once, as ``oversize``). Blank lines are skipped.
+    """
+
+    __slots__ = ("_discarding", "_partial")
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Return how many bytes of an unfinished line are held."""
+        return len(self._partial)
+
+    def feed(self, chunk: bytes) -> list[TimerRequest | InvalidRequestError]:
+        """Decode every line that ``chunk`` completes, in order."""
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        out: list[TimerRequest | InvalidRequestError] = []
+        if lines:
+            first = self._partial + lines[0]
+            self._partial = b""
+            if self._discarding:
+                self._discarding = False
+                lines[0] = b""
+            else:
+                lines[0] = first
+            decode = _json_decoder.decode
+            for line in lines:
+                if not line or line.isspace():
+                    continue
+                if len(line) >= MAX_REQUEST_BYTES:
+                    out.append(_oversize(line))
+                    continue
+                try:
+                    out.append(decode(line))
+                except msgspec.DecodeError as exc:
+                    out.append(_rejection(exc, line))
+        if self._discarding:
+            return out
+        if len(self._partial) + len(tail) >= MAX_REQUEST_BYTES:
+            out.append(_oversize(self._partial + tail))
+            self._partial = b""
+            self._discarding = True
+        else:
+            self._partial += tail
+        return out
+
+
+def _oversize(raw: bytes) -> InvalidRequestError:
+    return InvalidRequestError(
+        RejectReason.OVERSIZE, f"request longer than {MAX_REQUEST_BYTES} bytes", raw
+    )
+
+
+def _rejection(exc: msgspec.DecodeError, raw: bytes) -> InvalidRequestError:
+    """Turn msgspec's error into an :class:`InvalidRequestError` with a reason."""
+    message = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        reason = RejectReason.MALFORMED
+    elif message.startswith("Object missing required field"):
+        reason = RejectReason.MISSING_FIELD
+    elif message.startswith(("Expected `object`", "Expected `array`")):
+        reason = RejectReason.MALFORMED
+    elif message.endswith("`$.pid`"):
+        reason = (
+            RejectReason.BAD_PID
+            if message.startswith("Expected `int` >")
+            else RejectReason.WRONG_TYPE
+        )
+    elif message.endswith("`$.version`"):
+        reason = RejectReason.BAD_VERSION if "int` " in message else RejectReason.WRONG_TYPE
+    elif message.endswith(_FLOAT_FIELDS) and (
+        message.startswith("Number out of range") or "float` " in message
+    ):
+        reason = RejectReason.NON_FINITE
+    elif message.startswith("Expected `") and "` >" not in message and "` <" not in message:
+        reason = RejectReason.WRONG_TYPE
+    else:
+        reason = RejectReason.OUT_OF_RANGE
+    return InvalidRequestError(reason, message, raw)

@@ -1,0 +1,55 @@
+"""The request that arms or releases one timer."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["TimerRequest"]
+
+_FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
+
+Pid = Annotated[int, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, _FINITE]
+SignalNumber = Annotated[int, msgspec.Meta(ge=0, le=64)]
+ScopeId = Annotated[str, msgspec.Meta(max_length=2048)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+WireVersion = Annotated[int, msgspec.Meta(ge=1, le=1)]
+
+
+class TimerRequest(msgspec.Struct):
+    """Arm, re-arm or release the timer ``scope_id`` of worker ``worker_id``.
+
+    The first three fields and their order are those of
+    ``torch.distributed.elastic.timer.TimerRequest``; the rest are optional
+    extensions that old peers ignore. Instances compare by value.
+
+    Fields:
+        worker_id: pid of the worker process (``"pid"`` on the wire).
+        scope_id: name of the timer within the worker.
+        expiration_time: deadline as ``time.time()`` seconds; negative releases the timer.
+        signal: signal to send on expiry; 0 leaves the choice to the server.
+        start_time: the worker's start time in clock ticks after boot
+            (``/proc/<pid>/stat`` field 22); proves which process sent the request.
+            ``None``: unknown, the server pins what it sees on first receipt.
+        deadline: the same deadline on ``time.monotonic()``; ``None``: the server
+            derives it from ``expiration_time`` on receipt.
+        thread_id: ``threading.get_ident()`` of the thread that armed the timer.
+        version: wire-format version, always 1 (see docs/wire-format.md).
+    """
+
+    worker_id: Pid = msgspec.field(name="pid")
+    scope_id: ScopeId
+    expiration_time: Seconds
+    signal: SignalNumber = 0
+    start_time: NonNegative | None = None
+    deadline: Seconds | None = None
+    thread_id: NonNegative | None = None
+    version: WireVersion = 1
+
+    @property
+    def is_release(self) -> bool:
+        """Tell whether this request releases its timer rather than arming it."""
+        return self.expiration_time < 0

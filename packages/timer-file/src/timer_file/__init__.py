@@ -1,0 +1,5 @@
+"""Placeholder facade; filled by its own issue."""
+
+from .__about__ import __version__
+
+__all__ = ["__version__"]
