@@ -84,16 +84,164 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def build(session: nox.Session) -> None:
     """Build each package's sdist and wheel on its own with hatch, then run twine check."""
-    session.install("hatch>=1.13", "twine>=6.1")
-    for package in PACKAGES:
-        dist = ROOT / "dist" / package
-        with session.chdir(ROOT / "packages" / package):
-            session.run("hatch", "build", "-t", "sdist", "-t", "wheel", str(dist))
-        session.run("twine", "check", "--strict", *glob.glob(str(dist / "*")))
+    session.install(*RELEASE_TOOLS)
+    session.run("python", "scripts/release.py", "check-all")  # >= lower bounds, one version source
+    for package in PACKAGES:  # scripts/release.py also checks the sdist carries tests + LICENSE
+        session.run("python", "scripts/release.py", "build", package)
 
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """Run the demo: a worker overstays its timer under LocalTimerServer and is killed."""
+    """Run the demo: a four-worker job under `timer-watchdog run`; one worker hangs and is killed."""
     session.install(*_local(*PACKAGES))
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+# Releases (issue 8): each package built, checked and installed on its own; workflow files checked.
+
+RELEASE_TOOLS = ["hatch>=1.13", "twine>=6.1", "packaging>=24", "tomli>=2; python_version < '3.11'"]
+#: The four wheels together must weigh less than this many bytes.
+WHEELS_MAX_BYTES = 200_000
+#: The only distributions from outside this repository a package may pull in at run time.
+RUNTIME_DEPS = {"msgspec"}
+#: What installing timer-file's wheel alone must add to an empty venv (issue 8).
+TIMER_FILE_CLOSURE = {"timer-file", "timer-api", "timer-watchdog", "msgspec"}
+
+
+@nox.session(python="3.12")
+def wheels(session: nox.Session) -> None:
+    """Install each package's wheel alone in an empty venv and run its own tests against it.
+
+    Builds all four sdists and wheels with hatch (sdists must carry the tests and LICENSE)
+    and asserts the wheels weigh under 200 KB together. Then, per package, a fresh pip venv
+    gets ONLY that wheel, siblings resolved from the built wheels with --no-index and msgspec
+    from the index; it must add exactly the package, its declared siblings and msgspec to the
+    venv's baseline, import from site-packages, and pass the tests shipped in its sdist, run
+    from a temporary directory with the root pytest settings. This runs on Python 3.12 only:
+    the tests-<package> sessions already run every suite on 3.10-3.13.
+    """
+    import shutil
+
+    session.install(*RELEASE_TOOLS, "uv>=0.5")
+    work = Path(session.create_tmp()).resolve() / "wheels"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "wheelhouse").mkdir(parents=True)
+    built: dict[str, tuple[Path, Path]] = {}
+    for package in PACKAGES:
+        out = work / "dist" / package
+        session.run("python", "scripts/release.py", "build", package, "--out", str(out))
+        wheel = Path(shutil.copy2(next(out.glob("*.whl")), work / "wheelhouse"))
+        built[package] = (next(out.glob("*.tar.gz")), wheel)
+    total = sum(wheel.stat().st_size for _, wheel in built.values())
+    session.log(f"the four wheels weigh {total} bytes together (limit {WHEELS_MAX_BYTES})")
+    if total >= WHEELS_MAX_BYTES:
+        session.error(f"the four wheels weigh {total} bytes, not under {WHEELS_MAX_BYTES}")
+    for package, (sdist, wheel) in built.items():
+        added = _install_alone(session, work, package, wheel)
+        expected = {package, *PACKAGES[package], *RUNTIME_DEPS}
+        if added != expected or (package == "timer-file" and added != TIMER_FILE_CLOSURE):
+            session.error(f"{wheel.name} alone installed {sorted(added)}, not {sorted(expected)}")
+        _test_installed(session, work, package, sdist)
+
+
+def _install_alone(session: nox.Session, work: Path, package: str, wheel: Path) -> set[str]:
+    """Install ``wheel`` alone in a new venv; return the distributions it added."""
+    venv = work / "venvs" / package
+    python = str(venv / "bin" / "python")
+    _in_venv(session, venv, str(Path(session.bin) / "python"), "-m", "venv", str(venv), cwd=work)
+    baseline = _installed(session, venv, work)
+    deps = work / "deps"
+    if not any(deps.glob("*.whl")):
+        fetch = ["-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps", "-d", str(deps)]
+        _in_venv(session, venv, python, *fetch, *sorted(RUNTIME_DEPS), cwd=work)
+    links = ["--no-index", "--find-links", str(work / "wheelhouse"), "--find-links", str(deps)]
+    _in_venv(session, venv, python, "-m", "pip", "install", "-q", *links, str(wheel), cwd=work)
+    module = package.replace("-", "_")
+    probe = f"import sys, {module} as m; assert m.__file__.startswith(sys.prefix), m.__file__"
+    _in_venv(session, venv, python, "-I", "-c", probe, cwd=work)
+    return _installed(session, venv, work) - baseline
+
+
+def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path) -> None:
+    """Run the tests shipped in ``sdist`` against the package installed in its venv."""
+    import shutil
+    import tarfile
+
+    venv, run_dir = work / "venvs" / package, work / "run" / package
+    # The test tools are not under test: uv installs them much faster than pip.
+    uv = [str(Path(session.bin) / "uv"), "pip", "install", "-q", "--python", str(venv)]
+    _in_venv(session, venv, *uv, *TEST_DEPS, cwd=work)
+    with tarfile.open(sdist) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extraction_filter = tarfile.data_filter
+        tar.extractall(work / "sdists")
+    shutil.copytree(
+        work / "sdists" / sdist.name.removesuffix(".tar.gz") / "tests", run_dir / "tests"
+    )
+    pytest = [str(venv / "bin" / "pytest"), "-c", str(ROOT / "pyproject.toml"), "--rootdir", "."]
+    _in_venv(
+        session, venv, *pytest, "-p", "no:cacheprovider", "tests", *session.posargs, cwd=run_dir
+    )
+
+
+def _in_venv(session: nox.Session, venv: Path, *args: str, cwd: Path, quiet: bool = False) -> str:
+    """Run ``args`` with ``venv`` first on PATH and no PYTHONPATH; fail the session on error."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
+    session.log(" ".join(args))
+    done = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=quiet, check=False)
+    if done.returncode:
+        session.error(f"exit {done.returncode}: {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return done.stdout or ""
+
+
+def _installed(session: nox.Session, venv: Path, cwd: Path) -> set[str]:
+    """Return the normalized names of the distributions installed in ``venv``."""
+    code = "import importlib.metadata as m; print(*{d.metadata['Name'] for d in m.distributions()})"
+    names = _in_venv(
+        session, venv, str(venv / "bin" / "python"), "-I", "-c", code, cwd=cwd, quiet=True
+    )
+    return {name.lower().replace("_", "-").replace(".", "-") for name in names.split()}
+
+
+@nox.session(default=False)
+def release(session: nox.Session) -> None:
+    """Prepare ONE package's release: ``nox -s release -- timer-api [--tag timer-api-v0.1.0]``.
+
+    Checks its version, CHANGELOG entry, sibling lower bounds and (with --tag) the tag, then
+    builds its sdist and wheel into dist/<package>/ with hatch and runs twine check.
+    """
+    if not session.posargs or session.posargs[0] not in PACKAGES:
+        session.error(f"name one package: nox -s release -- {'|'.join(PACKAGES)} [--tag TAG]")
+    session.install(*RELEASE_TOOLS)
+    session.run("python", "scripts/release.py", "prepare", *session.posargs)
+
+
+@nox.session
+def workflows(session: nox.Session) -> None:
+    """Validate .github/workflows/*.yml against GitHub's workflow schema and this noxfile."""
+    session.install("check-jsonschema>=0.29", "pyyaml>=6")
+    files = sorted(str(path) for path in (ROOT / ".github" / "workflows").glob("*.yml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *files)
+    session.run("python", "scripts/check_workflows.py", "--pythons", *PYTHONS, "--", *files)
+
+
+@nox.session(python="3.11", venv_backend="venv", default=False)
+def interop(session: nox.Session) -> None:
+    """Prove wire compatibility with torch 2.13's file timer, both ways, with real processes."""
+    session.install("torch==2.13.0", *TEST_DEPS)  # pip takes torch from the local wheel
+    session.install(*_local("timer-api", "timer-watchdog", "timer-file"))
+    session.run("pytest", "tests/interop", *session.posargs)
+
+
+@nox.session(python="3.11", venv_backend="venv", default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark ours against torch 2.13 side by side; write docs/benchmarks/ (about 10 min)."""
+    session.install(*_local(*PACKAGES), "matplotlib>=3.8")
+    try:  # pip takes torch from the local CPU wheel; without it ours is measured alone
+        session.run_install("python", "-m", "pip", "install", "torch==2.13.0")
+    except nox.command.CommandFailed:
+        session.warn("torch==2.13.0 could not be installed: benchmarking ours alone")
+    session.run("python", "-m", "bench.run", *session.posargs)

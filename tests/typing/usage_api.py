@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import timer_api
-from timer_api import InvalidRequestError, RejectReason, TimerClient, TimerRequest, expires
+from timer_api import (
+    InvalidRequestError,
+    LineDecoder,
+    RejectReason,
+    RequestQueue,
+    TimerClient,
+    TimerRequest,
+    TimerServer,
+    expires,
+)
 
 
 class NullClient(TimerClient):
@@ -14,17 +26,68 @@ class NullClient(TimerClient):
         return None
 
 
+class ListQueue(RequestQueue):
+    def __init__(self) -> None:
+        self.items: list[TimerRequest | InvalidRequestError] = []
+
+    def size(self) -> int:
+        return len(self.items)
+
+    def get(self, size: int, timeout: float) -> list[TimerRequest | InvalidRequestError]:
+        batch, self.items = self.items[:size], self.items[size:]
+        return batch
+
+
+class DictServer(TimerServer):
+    def __init__(self, queue: RequestQueue) -> None:
+        super().__init__(queue, max_interval=1.0, daemon=True)
+        self.timers: dict[tuple[int, str], TimerRequest] = {}
+
+    def register_timers(self, timer_requests: list[TimerRequest]) -> None:
+        for request in timer_requests:
+            self.timers[(request.worker_id, request.scope_id)] = request
+
+    def clear_timers(self, worker_ids: set[Any]) -> None:
+        self.timers = {k: v for k, v in self.timers.items() if k[0] not in worker_ids}
+
+    def get_expired_timers(self, deadline: float) -> dict[Any, list[TimerRequest]]:
+        return {}
+
+    def _reap_worker(self, worker_id: Any) -> bool:
+        return True
+
+
 def use() -> None:
     timer_api.configure(NullClient())
     request: TimerRequest = timer_api.decode_json(b"{}")
+    also: TimerRequest = timer_api.decode_json('{"pid": 1}')
     line: bytes = timer_api.encode_json_line(request)
-    assert line
+    packed: bytes = timer_api.encode_msgpack(also)
+    assert len(line) <= timer_api.MAX_REQUEST_BYTES
+    assert packed
     try:
         timer_api.decode_msgpack(b"\x80")
     except InvalidRequestError as error:
         reason: RejectReason = error.reason
-        assert reason
+        detail: str = error.detail
+        raw: bytes = error.raw
+        assert reason is not RejectReason.OVERSIZE
+        print(detail, raw)
+    release: bool = TimerRequest(os.getpid(), "s", -1.0, signal=9, thread_id=1).is_release
+    assert release
+    for item in LineDecoder().feed(line):
+        if isinstance(item, InvalidRequestError):
+            assert item.reason is RejectReason.OVERSIZE
+        else:
+            pid: int = item.worker_id
+            assert pid
+    start: int | None = timer_api.process_start_time(os.getpid())
+    if start is not None:
+        path: str = timer_api.stack_dump_path("/tmp", os.getpid(), start)
+        assert path
     with expires(after=1.0):
+        pass
+    with expires(after=1.0, scope="named", client=NullClient()):
         pass
 
     @expires(after=1.0)
@@ -33,3 +96,6 @@ def use() -> None:
 
     text: str = work(3)
     assert text
+    server = DictServer(ListQueue())
+    server.start()
+    server.stop()

@@ -30,7 +30,14 @@ from ._procfs import process_start_time
 from ._queue import RequestQueue
 from ._request import TimerRequest
 from ._server import TimerServer
-from ._stacks import DEFAULT_STACK_SIGNAL, STACK_SIGNAL_ENV, STACKS_DIR_ENV, stack_dump_path
+from ._stacks import (
+    DEFAULT_STACK_SIGNAL,
+    STACK_SIGNAL_ENV,
+    STACKS_DIR_ENV,
+    install_stack_dump,
+    install_stack_dump_from_env,
+    stack_dump_path,
+)
 
 __all__ = [
     "DEFAULT_STACK_SIGNAL",
@@ -53,6 +60,8 @@ __all__ = [
     "encode_json_line",
     "encode_msgpack",
     "expires",
+    "install_stack_dump",
+    "install_stack_dump_from_env",
     "process_start_time",
     "stack_dump_path",
 ]

@@ -6,6 +6,9 @@ returns a :class:`TimerRequest` or raises :class:`InvalidRequestError`; nothing 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
 
 from ._errors import InvalidRequestError, RejectReason
@@ -61,13 +64,18 @@ def encode_msgpack(request: TimerRequest) -> bytes:
 
 def decode_json(data: bytes | str) -> TimerRequest:
     """Decode one JSON object into a :class:`TimerRequest`, or raise :class:`InvalidRequestError`."""
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise _oversize(raw)
-    try:
-        return _json_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise _rejection(exc, raw) from None
+    if isinstance(data, str):
+        try:
+            data = data.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(RejectReason.MALFORMED, str(exc)) from None
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidRequestError(
+            RejectReason.WRONG_OBJECT, f"expected bytes or str, got {type(data).__name__}"
+        )
+    if len(data) > MAX_REQUEST_BYTES:
+        raise _oversize(bytes(data))
+    return _decode(_json_decoder.decode, data)
 
 
 def decode_msgpack(data: bytes) -> TimerRequest:
@@ -78,10 +86,7 @@ def decode_msgpack(data: bytes) -> TimerRequest:
         )
     if len(data) > MAX_REQUEST_BYTES:
         raise _oversize(bytes(data))
-    try:
-        return _msgpack_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise _rejection(exc, bytes(data)) from None
+    return _decode(_msgpack_decoder.decode, data)
 
 
 class LineDecoder:
@@ -124,9 +129,9 @@ class LineDecoder:
                     out.append(_oversize(line))
                     continue
                 try:
-                    out.append(decode(line))
-                except msgspec.DecodeError as exc:
-                    out.append(_rejection(exc, line))
+                    out.append(_decode(decode, line))
+                except InvalidRequestError as error:
+                    out.append(error)
         if self._discarding:
             return out
         if len(self._partial) + len(tail) >= MAX_REQUEST_BYTES:
@@ -138,6 +143,19 @@ class LineDecoder:
         return out
 
 
+def _decode(
+    decode: Callable[[Any], TimerRequest], data: bytes | bytearray | memoryview
+) -> TimerRequest:
+    """Run ``decode`` on ``data``, turning every way bad input fails into :class:`InvalidRequestError`."""
+    try:
+        return decode(data)
+    except msgspec.DecodeError as exc:
+        raise _rejection(exc, bytes(data)) from None
+    except (RecursionError, ValueError) as exc:
+        # Nesting too deep for the decoder, or a string that is not valid UTF-8.
+        raise InvalidRequestError(RejectReason.MALFORMED, str(exc), bytes(data)) from None
+
+
 def _oversize(raw: bytes) -> InvalidRequestError:
     return InvalidRequestError(
         RejectReason.OVERSIZE, f"request longer than {MAX_REQUEST_BYTES} bytes", raw
@@ -147,6 +165,7 @@ def _oversize(raw: bytes) -> InvalidRequestError:
 def _rejection(exc: msgspec.DecodeError, raw: bytes) -> InvalidRequestError:
     """Turn msgspec's error into an :class:`InvalidRequestError` with a reason."""
     message = str(exc)
+    bounded = "` >" in message or "` <" in message or "` of length " in message
     if not isinstance(exc, msgspec.ValidationError):
         reason = RejectReason.MALFORMED
     elif message.startswith("Object missing required field"):
@@ -154,18 +173,14 @@ def _rejection(exc: msgspec.DecodeError, raw: bytes) -> InvalidRequestError:
     elif message.startswith(("Expected `object`", "Expected `array`")):
         reason = RejectReason.MALFORMED
     elif message.endswith("`$.pid`"):
-        reason = (
-            RejectReason.BAD_PID
-            if message.startswith("Expected `int` >")
-            else RejectReason.WRONG_TYPE
-        )
+        reason = RejectReason.BAD_PID if bounded else RejectReason.WRONG_TYPE
     elif message.endswith("`$.version`"):
         reason = RejectReason.BAD_VERSION if "int` " in message else RejectReason.WRONG_TYPE
     elif message.endswith(_FLOAT_FIELDS) and (
         message.startswith("Number out of range") or "float` " in message
     ):
         reason = RejectReason.NON_FINITE
-    elif message.startswith("Expected `") and "` >" not in message and "` <" not in message:
+    elif message.startswith("Expected `") and not bounded:
         reason = RejectReason.WRONG_TYPE
     else:
         reason = RejectReason.OUT_OF_RANGE

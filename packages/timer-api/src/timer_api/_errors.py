@@ -18,7 +18,7 @@ class RejectReason(str, enum.Enum):
     MISSING_FIELD = "missing_field"
     #: ``expiration_time`` or ``deadline`` is NaN or infinite.
     NON_FINITE = "non_finite"
-    #: ``pid`` is not a positive integer.
+    #: ``pid`` is not a positive integer that fits ``pid_t`` (1 to 2**31 - 1).
     BAD_PID = "bad_pid"
     #: A value is outside its documented range (a signal number above 64, ...).
     OUT_OF_RANGE = "out_of_range"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import threading
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
+from . import _soft
 from ._client import TimerClient
 
 __all__ = ["configure", "expires"]
@@ -23,6 +25,9 @@ R = TypeVar("R")
 _default_client: TimerClient | None = None
 _MAIN_THREAD = threading.main_thread().ident
 _get_ident = threading.get_ident
+
+#: Seconds between a soft deadline and the hard kill, when ``grace`` is not given.
+DEFAULT_SOFT_GRACE = 10.0
 
 
 def configure(timer_client: TimerClient) -> None:
@@ -55,12 +60,32 @@ class expires:  # noqa: N801 - torch's name, used as a function
     always released on exit; if the block raised, its own exception is the one the
     caller sees even when the release fails too. ``client`` defaults to the one set
     with :func:`configure`; with neither, entering raises ``RuntimeError``.
+
+    With ``soft=True`` the worker is warned before it is killed: once ``after``
+    seconds pass, :class:`~timer_api.TimerExpired` is raised in the thread that
+    entered the block (in the main thread this also interrupts a blocking call;
+    in another thread it is raised at the thread's next Python instruction). The
+    server's timer is armed for ``after + grace`` seconds (``grace`` defaults to
+    :data:`DEFAULT_SOFT_GRACE`), so the worker is still killed if the block has
+    not ended by then, for instance because the exception was caught inside it::
+
+        try:
+            with expires(after=60, soft=True, grace=15):
+                train_step()
+        except TimerExpired:
+            save_checkpoint()  # runs after the block: no longer timed
     """
 
-    __slots__ = ("_after", "_client", "_default_scope", "_scope")
+    __slots__ = ("_after", "_client", "_default_scope", "_grace", "_open", "_scope", "_soft")
 
     def __init__(
-        self, after: float, scope: str | None = None, client: TimerClient | None = None
+        self,
+        after: float,
+        scope: str | None = None,
+        client: TimerClient | None = None,
+        *,
+        soft: bool = False,
+        grace: float | None = None,
     ) -> None:
         self._after = after
         self._client = client
@@ -69,6 +94,16 @@ class expires:  # noqa: N801 - torch's name, used as a function
             frame = sys._getframe(1)
             scope = f"{frame.f_code.co_filename}#{frame.f_lineno}"
         self._scope = scope
+        self._soft = soft
+        if grace is None:
+            grace = DEFAULT_SOFT_GRACE if soft else 0.0
+        elif not soft:
+            raise TypeError("expires(grace=...) applies only with soft=True")
+        elif not (math.isfinite(grace) and grace >= 0):
+            raise ValueError(f"expires(grace={grace!r}): expected a finite number >= 0")
+        self._grace = grace
+        #: The soft deadlines of the blocks open on this guard, per thread, innermost last.
+        self._open: dict[int, list[_soft.SoftDeadline]] | None = None
 
     def _target(self) -> tuple[TimerClient, str]:
         client = self._client or _default_client
@@ -78,6 +113,9 @@ class expires:  # noqa: N801 - torch's name, used as a function
 
     def __enter__(self) -> None:
         client, scope = self._target()
+        if self._soft:
+            self._enter_soft(client, scope)
+            return
         client.acquire(scope, time.time() + self._after)
 
     def __exit__(
@@ -87,6 +125,8 @@ class expires:  # noqa: N801 - torch's name, used as a function
         traceback: TracebackType | None,
     ) -> None:
         client, scope = self._target()
+        if self._soft:
+            self._exit_soft()
         if exc_type is None:
             client.release(scope)
             return
@@ -97,10 +137,40 @@ class expires:  # noqa: N801 - torch's name, used as a function
                 "could not release timer %r after the block raised", scope, exc_info=True
             )
 
+    def _enter_soft(self, client: TimerClient, scope: str) -> None:
+        """Arm the server's timer at ``after + grace``, then the soft deadline at ``after``."""
+        client.acquire(scope, time.time() + self._after + self._grace)
+        message = f"{scope}: soft deadline of {self._after:g}s passed"
+        frame = sys._getframe(2)  # the frame running the ``with`` statement
+
+        def on_escape() -> None:
+            self._exit_soft()
+            try:
+                client.release(scope)
+            except Exception:
+                logger.warning("could not release timer %r", scope, exc_info=True)
+
+        entry = _soft.arm(self._after, message, frame, on_escape)
+        if self._open is None:
+            self._open = {}
+        self._open.setdefault(entry.thread_id, []).append(entry)
+
+    def _exit_soft(self) -> None:
+        """End the innermost soft deadline this thread opened on this guard."""
+        if self._open is None:
+            return
+        ident = _get_ident()
+        opened = self._open.get(ident)
+        if opened:
+            _soft.disarm(opened.pop())
+            if not opened:
+                del self._open[ident]
+
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         """Wrap ``func`` so that every call runs under a fresh timer."""
         scope = f"{func.__module__}.{func.__qualname__}" if self._default_scope else self._scope
-        guard = expires(self._after, scope, self._client)
+        grace = self._grace if self._soft else None
+        guard = expires(self._after, scope, self._client, soft=self._soft, grace=grace)
         guard._default_scope = self._default_scope
 
         @functools.wraps(func)
@@ -109,3 +179,9 @@ class expires:  # noqa: N801 - torch's name, used as a function
                 return func(*args, **kwargs)
 
         return timed
+
+
+_soft.GUARD_CODES.update(
+    method.__code__
+    for method in (expires.__enter__, expires.__exit__, expires._enter_soft, expires._exit_soft)
+)

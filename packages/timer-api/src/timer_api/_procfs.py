@@ -18,5 +18,6 @@ def process_start_time(pid: int) -> int | None:
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may itself contain ") ".
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    fields = data[data.rfind(b")") + 2 :].split()
+    # Empty or cut short when the process vanished while the file was read.
+    return int(fields[19]) if len(fields) > 19 else None

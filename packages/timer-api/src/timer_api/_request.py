@@ -11,7 +11,10 @@ __all__ = ["TimerRequest"]
 
 _FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
 
-Pid = Annotated[int, msgspec.Meta(gt=0)]
+#: Largest value of the kernel's ``pid_t``; a bigger "pid" cannot name a process.
+PID_T_MAX = 2**31 - 1
+
+Pid = Annotated[int, msgspec.Meta(gt=0, le=PID_T_MAX)]
 Seconds = Annotated[float, _FINITE]
 SignalNumber = Annotated[int, msgspec.Meta(ge=0, le=64)]
 ScopeId = Annotated[str, msgspec.Meta(max_length=2048)]

@@ -90,7 +90,11 @@ class TimerServer(abc.ABC):
         self.clear_timers(reaped)
 
     def _watchdog_loop(self) -> None:
-        while not self._stop_signaled:
+        # A loop left running by a stop() that timed out must not come back to life
+        # when start() clears the flag again: only the current thread keeps going.
+        # (A loop run in the foreground, with no thread started, stops on the flag alone.)
+        this_thread = threading.current_thread()
+        while not self._stop_signaled and self._watchdog_thread in (None, this_thread):
             try:
                 self._run_watchdog()
             except Exception:
@@ -101,13 +105,14 @@ class TimerServer(abc.ABC):
         with self._lifecycle_lock:
             if self._watchdog_thread is not None and self._watchdog_thread.is_alive():
                 return
-            self._stop_signaled = False
-            self._watchdog_thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._watchdog_loop,
                 name=f"{type(self).__name__}-watchdog",
                 daemon=self._daemon,
             )
-            self._watchdog_thread.start()
+            self._watchdog_thread = thread
+            self._stop_signaled = False
+            thread.start()
 
     def stop(self) -> None:
         """Stop the loop and wait a bounded time for it; calling it again does nothing."""

@@ -1,11 +1,31 @@
-"""Where a worker writes its stack dump when the server asks for one, and which signal asks."""
+"""Where a worker writes its stack dump when the server asks for one, and which signal asks.
+
+The worker side is :func:`install_stack_dump`: it points :mod:`faulthandler` at the
+worker's dump file for the dump signal, so that the server can ask for every
+thread's Python stack before it kills the worker.
+"""
 
 from __future__ import annotations
 
+import faulthandler
+import logging
 import os
 import signal
+import threading
+from typing import IO
 
-__all__ = ["DEFAULT_STACK_SIGNAL", "STACKS_DIR_ENV", "STACK_SIGNAL_ENV", "stack_dump_path"]
+from ._procfs import process_start_time
+
+__all__ = [
+    "DEFAULT_STACK_SIGNAL",
+    "STACKS_DIR_ENV",
+    "STACK_SIGNAL_ENV",
+    "install_stack_dump",
+    "install_stack_dump_from_env",
+    "stack_dump_path",
+]
+
+logger = logging.getLogger("timer_api")
 
 #: Environment variable naming the directory for stack dumps (set by ``timer-watchdog run --stacks``).
 STACKS_DIR_ENV = "TIMER_WATCHDOG_STACKS"
@@ -18,3 +38,128 @@ DEFAULT_STACK_SIGNAL = int(signal.SIGRTMIN) + 4
 def stack_dump_path(directory: str, pid: int, start_time: int) -> str:
     """Return the file that worker ``(pid, start_time)`` dumps its threads' stacks into."""
     return os.path.join(directory, f"worker-{pid}-{start_time}.stack")
+
+
+class _Installed:
+    """What this process registered: kept alive so that the dump file stays open."""
+
+    __slots__ = ("chain", "directory", "file", "path", "pid", "signum")
+
+    def __init__(
+        self, pid: int, directory: str, signum: int, chain: bool, path: str, file: IO[bytes]
+    ) -> None:
+        self.pid = pid
+        self.directory = directory
+        self.signum = signum
+        self.chain = chain
+        self.path = path
+        self.file = file
+
+
+_lock = threading.Lock()
+_installed: _Installed | None = None
+#: Per signal, whether a handler was there before ours (decided once, kept across forks).
+_chain_for: dict[int, bool] = {}
+
+
+def install_stack_dump(directory: str, signum: int = DEFAULT_STACK_SIGNAL) -> str:
+    """Dump every thread's stack into this worker's file when ``signum`` arrives; return the file.
+
+    The file is ``stack_dump_path(directory, pid, start_time)``; it is created (empty)
+    now and written when the signal arrives. Calling it again in the same process
+    with the same arguments does nothing; in a forked child it is done again for
+    the child's own file. A handler already installed for ``signum`` still runs
+    after the dump. Raises ``OSError`` if the file cannot be created and
+    ``ValueError`` for a signal number that cannot be caught.
+    """
+    global _installed
+    directory = os.path.abspath(directory)
+    signum = int(signum)
+    with _lock:
+        current = _installed
+        pid = os.getpid()
+        if (
+            current is not None
+            and current.pid == pid
+            and current.directory == directory
+            and current.signum == signum
+        ):
+            return current.path
+        if signum in (signal.SIGKILL, signal.SIGSTOP) or not 0 < signum < signal.NSIG:
+            raise ValueError(f"signal {signum} cannot carry a stack dump request")
+        start_time = process_start_time(pid)
+        if start_time is None:
+            raise OSError(f"cannot read the start time of process {pid} from /proc")
+        path = stack_dump_path(directory, pid, start_time)
+        os.makedirs(directory, exist_ok=True)
+        file = open(path, "wb")  # noqa: SIM115 - must stay open for faulthandler
+        if signum not in _chain_for:
+            # Chaining into SIG_DFL would re-raise a signal whose default action
+            # ends the process, so chain only into a handler that is really there.
+            _chain_for[signum] = signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN)
+        chain = _chain_for[signum]
+        if current is not None and current.signum != signum:
+            faulthandler.unregister(current.signum)
+        faulthandler.register(signum, file, all_threads=True, chain=chain)
+        _installed = _Installed(pid, directory, signum, chain, path, file)
+        if current is not None:
+            current.file.close()
+        return path
+
+
+def install_stack_dump_from_env() -> str | None:
+    """Call :func:`install_stack_dump` as the environment says; return the file, or ``None``.
+
+    Reads :data:`STACKS_DIR_ENV` (the directory; unset or empty: do nothing) and
+    :data:`STACK_SIGNAL_ENV` (a signal number or name; default
+    :data:`DEFAULT_STACK_SIGNAL`). A worker must keep running when forensics
+    cannot be set up, so a bad value is logged as a warning and ``None`` returned.
+    """
+    directory = os.environ.get(STACKS_DIR_ENV)
+    if not directory:
+        return None
+    try:
+        signum = _parse_signal(os.environ.get(STACK_SIGNAL_ENV, ""))
+        return install_stack_dump(directory, signum)
+    except (OSError, ValueError) as exc:
+        logger.warning("no stack dump on request: %s", exc)
+        return None
+
+
+def _parse_signal(text: str) -> int:
+    """Turn ``"42"``, ``"SIGUSR2"`` or ``"USR2"`` into a signal number; empty gives the default."""
+    text = text.strip()
+    if not text:
+        return DEFAULT_STACK_SIGNAL
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise ValueError(f"{STACK_SIGNAL_ENV}={text!r} is not a signal") from None
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child its own dump file, since its pid names a different one."""
+    global _lock
+    _lock = threading.Lock()
+    current = _installed
+    if current is None:
+        return
+    try:
+        install_stack_dump(current.directory, current.signum)
+    except (OSError, ValueError) as exc:
+        # Never let the child write into its parent's file: stop catching the signal.
+        faulthandler.unregister(current.signum)
+        _forget()
+        logger.warning("no stack dump on request in forked child: %s", exc)
+
+
+def _forget() -> None:
+    global _installed
+    _installed = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

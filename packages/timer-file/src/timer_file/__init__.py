@@ -1,5 +1,47 @@
-"""Placeholder facade; filled by its own issue."""
+"""Process expiration timers over a named pipe, wire-compatible with torch's FileTimerServer.
+
+The server creates the pipe and reaps workers whose timers expire; workers (any
+process of the same user on the host) write requests into it::
+
+    import timer_api
+    from timer_file import FileTimerClient, FileTimerServer
+
+    server = FileTimerServer("/run/user/1000/timer.pipe", run_id="job-1")
+    server.start()
+
+    # in a worker (or: timer_file.configure_from_env() under torchrun)
+    timer_api.configure(FileTimerClient("/run/user/1000/timer.pipe"))
+    with timer_api.expires(after=60):
+        train_step()
+
+Names and signatures follow ``torch.distributed.elastic.timer``.
+"""
 
 from .__about__ import __version__
+from ._client import (
+    DEFAULT_SEND_TIMEOUT,
+    TIMER_FILE_ENV,
+    FileTimerClient,
+    PipeFullError,
+    ServerUnavailableError,
+    configure_from_env,
+)
+from ._pipe import UnsafePipeError, default_pipe_path
+from ._queue import FileRequestQueue
+from ._request import FileTimerRequest
+from ._server import FileTimerServer
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEFAULT_SEND_TIMEOUT",
+    "TIMER_FILE_ENV",
+    "FileRequestQueue",
+    "FileTimerClient",
+    "FileTimerRequest",
+    "FileTimerServer",
+    "PipeFullError",
+    "ServerUnavailableError",
+    "UnsafePipeError",
+    "__version__",
+    "configure_from_env",
+    "default_pipe_path",
+]

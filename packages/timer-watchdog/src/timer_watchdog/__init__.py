@@ -1,5 +1,57 @@
-"""Placeholder facade; filled by its own issue."""
+"""The watchdog engine every timer server runs on.
+
+A transport feeds requests into a :class:`WatchdogServer`; the server arms timers on
+the monotonic clock and reaps a worker whose timer expires, by pidfd, after proving
+the pid still names that worker::
+
+    from timer_watchdog import WatchdogPolicy, WatchdogServer, encode_event
+
+    server = WatchdogServer(queue, max_interval=60, policy=WatchdogPolicy(grace=5.0))
+    server.subscribe(lambda event: log.write(encode_event(event)))
+    server.start()
+    ...
+    server.stop()
+"""
 
 from .__about__ import __version__
+from ._events import (
+    Armed,
+    Event,
+    Exited,
+    Expired,
+    Frame,
+    Reaped,
+    Rejected,
+    Released,
+    Signalled,
+    Unkillable,
+    WatchdogStats,
+    decode_event,
+    encode_event,
+)
+from ._forensics import parse_faulthandler, parse_py_spy
+from ._policy import TERMINATING_SIGNALS, WatchdogPolicy, is_terminating
+from ._server import WatchdogServer
 
-__all__ = ["__version__"]
+__all__ = [
+    "TERMINATING_SIGNALS",
+    "Armed",
+    "Event",
+    "Exited",
+    "Expired",
+    "Frame",
+    "Reaped",
+    "Rejected",
+    "Released",
+    "Signalled",
+    "Unkillable",
+    "WatchdogPolicy",
+    "WatchdogServer",
+    "WatchdogStats",
+    "__version__",
+    "decode_event",
+    "encode_event",
+    "is_terminating",
+    "parse_faulthandler",
+    "parse_py_spy",
+]

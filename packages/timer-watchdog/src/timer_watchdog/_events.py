@@ -1,0 +1,178 @@
+"""What the engine reports: typed events, their JSON-lines codec, and cumulative counters.
+
+Every event has ``event`` (its tag) and ``time`` (the server's wall clock when it
+happened). ``late`` is always seconds past the earliest expired deadline of the
+worker, measured when the event happened.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from timer_api import RejectReason
+
+__all__ = [
+    "Armed",
+    "Event",
+    "Exited",
+    "Expired",
+    "Frame",
+    "Reaped",
+    "Rejected",
+    "Released",
+    "Signalled",
+    "Unkillable",
+    "WatchdogStats",
+    "decode_event",
+    "encode_event",
+]
+
+
+class Frame(msgspec.Struct, frozen=True):
+    """Name one Python frame: where the thread that armed an expired timer was stuck."""
+
+    file: str
+    line: int
+    function: str
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="event"):
+    time: float
+
+    @property
+    def event(self) -> str:
+        """Return the event's tag: ``armed``, ``reaped``, ..."""
+        tag = self.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+class Armed(_Event, frozen=True, kw_only=True, tag="armed"):
+    """A timer was armed or re-armed; ``expires_in`` is seconds to its deadline on receipt."""
+
+    pid: int
+    scope_id: str
+    expires_in: float
+    signal: int = 0
+    thread_id: int | None = None
+
+
+class Released(_Event, frozen=True, kw_only=True, tag="released"):
+    """A timer was released before it expired."""
+
+    pid: int
+    scope_id: str
+
+
+class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
+    """A timer of a live worker reached its deadline; ``signal`` is the one it asked for (0: any)."""
+
+    pid: int
+    scope_id: str
+    late: float
+    expiration_time: float
+    signal: int = 0
+    thread_id: int | None = None
+
+
+class Signalled(_Event, frozen=True, kw_only=True, tag="signalled"):
+    """The server sent ``signal`` to a worker; ``detail`` says why (first, escalation, retry, notify)."""
+
+    pid: int
+    scope_id: str
+    signal: int
+    late: float
+    detail: str
+
+
+class Reaped(_Event, frozen=True, kw_only=True, tag="reaped"):
+    """A signalled worker is confirmed dead; ``signal`` is the last one it was sent.
+
+    ``stack_path`` is its stack dump (if one was written) and ``frame`` the innermost
+    frame of the thread that armed the expired timer (if the dump shows it).
+    """
+
+    pid: int
+    scope_id: str
+    signal: int
+    late: float
+    detail: str = ""
+    stack_path: str | None = None
+    frame: Frame | None = None
+
+
+class Unkillable(_Event, frozen=True, kw_only=True, tag="unkillable"):
+    """A worker is still alive ``kill_timeout`` after its final signal; ``state`` is from /proc."""
+
+    pid: int
+    scope_id: str
+    signal: int
+    late: float
+    state: str
+    detail: str = ""
+
+
+class Rejected(_Event, frozen=True, kw_only=True, tag="rejected"):
+    """A request was refused; the other requests of its batch are unaffected."""
+
+    reason: RejectReason
+    detail: str
+    pid: int | None = None
+    scope_id: str | None = None
+
+
+class Exited(_Event, frozen=True, kw_only=True, tag="exited"):
+    """A worker exited while holding ``timers`` timers; they were dropped, nothing was signalled."""
+
+    pid: int
+    timers: int
+    detail: str = ""
+
+
+Event = Armed | Released | Expired | Signalled | Reaped | Unkillable | Rejected | Exited
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode ``event`` as one JSON object followed by a newline."""
+    return _encoder.encode(event) + b"\n"
+
+
+def decode_event(line: bytes | str) -> Event:
+    """Decode one line written by :func:`encode_event`; raise ``msgspec.DecodeError`` if it is not one."""
+    event: Event = _decoder.decode(line)
+    return event
+
+
+class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Cumulative counters of one server, plus what it holds now (``timers``, ``workers``, ``reaping``).
+
+    Fields:
+        received: requests handed to the server, valid or not.
+        armed: timers armed or re-armed.
+        released: timers released before they expired.
+        rejected: requests refused (see the ``rejected`` events for why).
+        expired: timers that reached their deadline while their worker was alive.
+        signalled: signals sent to workers (stack-dump requests not included).
+        reaped: workers confirmed dead after a signal.
+        unkillable: times a worker was reported alive after its final signal.
+        exited: workers found gone while holding timers.
+        timers: timers held now (armed, or expired and being reaped).
+        workers: workers known now.
+        reaping: workers being reaped now.
+    """
+
+    received: int = 0
+    armed: int = 0
+    released: int = 0
+    rejected: int = 0
+    expired: int = 0
+    signalled: int = 0
+    reaped: int = 0
+    unkillable: int = 0
+    exited: int = 0
+    timers: int = 0
+    workers: int = 0
+    reaping: int = 0

@@ -1,0 +1,101 @@
+"""The server's policy: which signal ends a hung worker, how it escalates, what it may touch."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import msgspec
+
+from timer_api import DEFAULT_STACK_SIGNAL
+
+__all__ = ["TERMINATING_SIGNALS", "WatchdogPolicy", "is_terminating"]
+
+#: Signals sent to *end* a worker: those whose default action terminates the process
+#: and that are not conventionally used to notify it. After one of these the server
+#: confirms that the worker died. Every other signal (SIGUSR1, SIGUSR2, SIGCONT,
+#: SIGWINCH, SIGCHLD, SIGURG, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGVTALRM, SIGPROF,
+#: SIGIO, SIGPWR, SIGSTKFLT and the real-time signals) only *tells* the worker: it is
+#: sent once and the worker's timers are cleared, as torch does.
+TERMINATING_SIGNALS: frozenset[int] = frozenset(
+    int(s)
+    for s in (
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGILL,
+        signal.SIGTRAP,
+        signal.SIGABRT,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGKILL,
+        signal.SIGSEGV,
+        signal.SIGPIPE,
+        signal.SIGALRM,
+        signal.SIGTERM,
+        signal.SIGXCPU,
+        signal.SIGXFSZ,
+        signal.SIGSYS,
+    )
+)
+
+
+def is_terminating(signum: int) -> bool:
+    """Tell whether ``signum`` is meant to end the process (see :data:`TERMINATING_SIGNALS`)."""
+    return signum in TERMINATING_SIGNALS
+
+
+def _check_signal(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < signal.NSIG:
+        raise ValueError(f"{name} must be a signal number in 1..{signal.NSIG - 1}, got {value!r}")
+
+
+def _check_seconds(name: str, value: float, *, positive: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Say how the server treats a worker whose timer expired.
+
+    Fields:
+        signal: the first signal, for timers whose request carries ``signal == 0``.
+        grace: seconds from the first signal to SIGKILL; 0 means no escalation.
+        kill_timeout: seconds after the final signal before a still-live worker is
+            reported ``unkillable`` (and the signal sent again).
+        observe_only: report expiries, signal nothing, clear the timers.
+        allow_other_users: accept workers of other users (refused by default).
+        exit_on_reap: SIGKILL the server's own process after a reap, as torch's
+            FileTimerServer does.
+        stacks_dir: ask a worker for a stack dump into this directory before the first
+            signal (only when the worker catches ``stack_signal``).
+        stack_signal: the signal that asks for the dump.
+        stack_wait: the longest wait for a dump (and for py-spy) before escalating.
+        py_spy: also run ``py-spy dump`` on the worker, if py-spy is installed.
+
+    Raises ``ValueError`` for a field out of range.
+    """
+
+    signal: int = int(signal.SIGKILL)
+    grace: float = 0.0
+    kill_timeout: float = 5.0
+    observe_only: bool = False
+    allow_other_users: bool = False
+    exit_on_reap: bool = False
+    stacks_dir: str | None = None
+    stack_signal: int = DEFAULT_STACK_SIGNAL
+    stack_wait: float = 1.0
+    py_spy: bool = False
+
+    def __post_init__(self) -> None:
+        _check_signal("signal", self.signal)
+        _check_signal("stack_signal", self.stack_signal)
+        if self.stack_signal in (signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError("stack_signal cannot be SIGKILL or SIGSTOP")
+        _check_seconds("grace", self.grace)
+        _check_seconds("kill_timeout", self.kill_timeout, positive=True)
+        _check_seconds("stack_wait", self.stack_wait)
+        if self.stacks_dir is not None and not isinstance(self.stacks_dir, str):
+            raise ValueError(f"stacks_dir must be a str or None, got {self.stacks_dir!r}")

@@ -1,0 +1,287 @@
+"""Escalate against one hung worker at a time, step by step, never blocking the loop.
+
+A reap goes through these phases; each :meth:`Reaper.step` does what is due now and
+says when to be called again:
+
+1. ``stack`` (only with ``stacks_dir`` or ``py_spy``): ask for a stack dump, wait up to
+   ``stack_wait`` for it.
+2. ``first``: send the first signal (the timer's own, else the policy's). A signal not
+   meant to end the process (see :data:`~timer_watchdog.TERMINATING_SIGNALS`) is sent
+   once and the reap ends there: the worker was told, not killed.
+3. ``grace`` (only when ``grace > 0`` and the first signal is not SIGKILL): wait for
+   the worker to die; when the grace is over, send SIGKILL.
+4. ``confirm``: wait for death (pidfd readable, pid gone or zombie). After
+   ``kill_timeout`` the worker is reported ``unkillable`` with its /proc state and
+   the final signal is sent again; this repeats until it dies or is cleared.
+
+Without escalation (``grace == 0``) the first signal is also the final one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as _signal
+from collections.abc import Callable
+
+from ._events import Event, Exited, Frame, Reaped, Signalled, Unkillable
+from ._forensics import PySpy, StackRequest
+from ._policy import WatchdogPolicy, is_terminating
+from ._process import ProcessGone, Procfs, ProtectedProcess, Target
+
+__all__ = ["Reap", "Reaper"]
+
+logger = logging.getLogger("timer_watchdog")
+
+#: First and largest pause between two checks for death.
+FIRST_POLL = 0.002
+MAX_POLL = 0.05
+
+_NEW, _STACK, _FIRST, _GRACE, _CONFIRM = range(5)
+
+
+def signal_name(signum: int) -> str:
+    """Return ``SIGTERM`` for 15, or the number as text for a signal without a name."""
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+class Reap:
+    """The escalation state of one worker."""
+
+    __slots__ = (
+        "deadline",
+        "due",
+        "frame",
+        "last_signal",
+        "phase",
+        "pid",
+        "poll",
+        "scope_id",
+        "signal",
+        "stack",
+        "stack_path",
+        "start_time",
+        "target",
+        "thread_id",
+        "timers",
+        "until",
+    )
+
+    def __init__(
+        self,
+        pid: int,
+        start_time: int,
+        *,
+        scope_id: str,
+        deadline: float,
+        signal: int,
+        thread_id: int | None,
+        timers: int,
+        now: float,
+    ) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        #: The earliest expired timer: what events name.
+        self.scope_id = scope_id
+        self.deadline = deadline
+        self.thread_id = thread_id
+        #: The first signal to send.
+        self.signal = signal
+        #: How many timers the worker held when the reap began.
+        self.timers = timers
+        self.phase = _NEW
+        #: When :meth:`Reaper.step` should run next (monotonic).
+        self.due = now
+        self.until = now
+        self.poll = FIRST_POLL
+        self.last_signal = 0
+        self.target: Target | None = None
+        self.stack: StackRequest | None = None
+        self.stack_path: str | None = None
+        self.frame: Frame | None = None
+
+    def close(self) -> None:
+        """Release the pidfd; calling it again does nothing."""
+        target, self.target = self.target, None
+        if target is not None:
+            target.close()
+
+
+class Reaper:
+    """Advance reaps according to a policy, reporting through ``emit`` and ``count``."""
+
+    def __init__(
+        self,
+        policy: WatchdogPolicy,
+        procfs: Procfs,
+        *,
+        emit: Callable[[Event], None],
+        count: Callable[[str], None],
+        wall_clock: Callable[[], float],
+        py_spy: PySpy,
+    ) -> None:
+        self.policy = policy
+        self.procfs = procfs
+        self._emit = emit
+        self._count = count
+        self._wall = wall_clock
+        self._py_spy = py_spy
+
+    def step(self, reap: Reap, now: float) -> bool:
+        """Do what is due for ``reap``; return ``True`` when it is over (its timers can go)."""
+        if reap.phase == _NEW:
+            if self.policy.observe_only:
+                return True
+            try:
+                reap.target = Target(self.procfs, reap.pid, reap.start_time)
+            except ProcessGone as gone:
+                return self._exited(reap, str(gone))
+            except ProtectedProcess as refused:
+                logger.error("not reaping worker %d: %s", reap.pid, refused)
+                return True
+            reap.phase = _STACK if self.policy.stacks_dir or self.policy.py_spy else _FIRST
+            if reap.phase == _STACK:
+                try:
+                    reap.stack = StackRequest(
+                        reap.target,
+                        stacks_dir=self.policy.stacks_dir,
+                        stack_signal=self.policy.stack_signal,
+                        wait=self.policy.stack_wait,
+                        thread_id=reap.thread_id,
+                        py_spy=self._py_spy if self.policy.py_spy else None,
+                        now=now,
+                    )
+                except ProcessGone as gone:
+                    return self._exited(reap, str(gone))
+        target = reap.target
+        assert target is not None
+        if reap.phase == _STACK:
+            assert reap.stack is not None
+            again = reap.stack.poll(now)
+            if again is not None:
+                reap.due = again
+                return False
+            reap.stack_path, reap.frame = reap.stack.result()
+            asked = reap.stack.path is not None
+            reap.stack = None
+            reap.phase = _FIRST
+            if target.state() is None:
+                if not asked:
+                    return self._exited(reap, "exited before it was signalled")
+                # A dump handler chained to the signal's default action ends the worker.
+                reap.last_signal = self.policy.stack_signal
+                return self._reaped(reap, now, "died on the stack-dump signal")
+        if reap.phase == _FIRST:
+            return self._first(reap, target, now)
+        state = target.state()
+        if state is None:
+            return self._reaped(reap, now)
+        if now >= reap.until:
+            if reap.phase == _GRACE:
+                reap.phase = _CONFIRM
+                if not self._send(reap, target, _signal.SIGKILL, "escalation", now):
+                    return self._reaped(reap, now)
+            else:
+                self._count("unkillable")
+                late = now - reap.deadline
+                detail = (
+                    f"alive {self.policy.kill_timeout:g}s after {signal_name(reap.last_signal)}"
+                )
+                logger.error("worker %d is unkillable: %s, state %s", reap.pid, detail, state)
+                self._emit(
+                    Unkillable(
+                        time=self._wall(),
+                        pid=reap.pid,
+                        scope_id=reap.scope_id,
+                        signal=reap.last_signal,
+                        late=late,
+                        state=state,
+                        detail=detail,
+                    )
+                )
+                if not self._send(reap, target, reap.last_signal, "retry", now):
+                    return self._reaped(reap, now)
+            reap.until = now + self.policy.kill_timeout
+            reap.poll = FIRST_POLL
+        self._schedule(reap, now)
+        return False
+
+    def _first(self, reap: Reap, target: Target, now: float) -> bool:
+        if target.state() is None:
+            return self._exited(reap, "exited before it was signalled")
+        signum = reap.signal
+        notify = not is_terminating(signum)
+        if not self._send(reap, target, signum, "notify" if notify else "first", now):
+            return self._exited(reap, "exited before it was signalled")
+        if notify:
+            return True
+        grace = self.policy.grace
+        if signum == _signal.SIGKILL or grace <= 0:
+            reap.phase = _CONFIRM
+            reap.until = now + self.policy.kill_timeout
+        else:
+            reap.phase = _GRACE
+            reap.until = now + grace
+        self._schedule(reap, now)
+        return False
+
+    def _schedule(self, reap: Reap, now: float) -> None:
+        reap.due = min(now + reap.poll, reap.until)
+        reap.poll = min(reap.poll * 2, MAX_POLL)
+
+    def _send(self, reap: Reap, target: Target, signum: int, why: str, now: float) -> bool:
+        """Send ``signum``; return ``False`` if the worker turned out to be gone."""
+        try:
+            target.send(signum)
+        except ProcessGone:
+            return False
+        except PermissionError as exc:
+            # Nothing is sent; the confirm phase reports the worker and tries again.
+            logger.error("cannot signal worker %d: %s", reap.pid, exc)
+            reap.last_signal = signum
+            return True
+        reap.last_signal = signum
+        self._count("signalled")
+        late = now - reap.deadline
+        logger.warning(
+            "sent %s to worker %d (%s, timer %r, %.3fs late)",
+            signal_name(signum),
+            reap.pid,
+            why,
+            reap.scope_id,
+            late,
+        )
+        self._emit(
+            Signalled(
+                time=self._wall(),
+                pid=reap.pid,
+                scope_id=reap.scope_id,
+                signal=signum,
+                late=late,
+                detail=why,
+            )
+        )
+        return True
+
+    def _reaped(self, reap: Reap, now: float, detail: str = "") -> bool:
+        self._count("reaped")
+        self._emit(
+            Reaped(
+                time=self._wall(),
+                pid=reap.pid,
+                scope_id=reap.scope_id,
+                signal=reap.last_signal,
+                late=now - reap.deadline,
+                detail=detail or f"died after {signal_name(reap.last_signal)}",
+                stack_path=reap.stack_path,
+                frame=reap.frame,
+            )
+        )
+        return True
+
+    def _exited(self, reap: Reap, detail: str) -> bool:
+        self._count("exited")
+        self._emit(Exited(time=self._wall(), pid=reap.pid, timers=reap.timers, detail=detail))
+        return True

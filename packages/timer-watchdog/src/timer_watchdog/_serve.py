@@ -1,0 +1,90 @@
+"""``timer-watchdog serve``: a long-running foreground server on a named path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import msgspec
+
+from ._cli import CommandError, Options
+from ._run import finish_reaps
+from ._summary import format_summary, signal_name
+from ._transports import load
+
+__all__ = ["EXIT_BROKEN", "EXIT_STOPPED", "STOP_SIGNALS", "serve"]
+
+#: Signals that stop the server cleanly.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Exit status after a stop signal.
+EXIT_STOPPED = 0
+#: Exit status when the endpoint was removed or replaced, so that workers could no longer reach it.
+EXIT_BROKEN = 1
+#: Longest wait, once asked to stop, for reaps under way to be confirmed.
+STOP_DRAIN = 1.0
+#: Seconds between two checks that the endpoint is still in place.
+CHECK_INTERVAL = 1.0
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous: dict[int, Any] = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def serve(options: Options) -> int:
+    """Serve ``options.args.path`` until a stop signal or a broken endpoint; return the status."""
+    args = options.args
+    factory = load(args.transport)
+    try:
+        transport = factory(args.path)
+    except OSError as exc:
+        raise CommandError(f"cannot serve --path {args.path}: {exc}") from None
+    started = time.monotonic()
+    stop = threading.Event()
+    received: list[int] = []
+    problem: str | None = None
+    try:
+        server = transport.server(max_interval=args.max_interval, policy=options.policy)
+        unsubscribe = server.subscribe(options.log)
+        with _stop_on_signals(stop, received):
+            server.start()
+            options.log.note(f"serving {transport.path} (pid {os.getpid()}); stop with SIGTERM")
+            try:
+                while not stop.wait(CHECK_INTERVAL):
+                    problem = transport.problem()
+                    if problem is not None:
+                        break
+                finish_reaps(server, STOP_DRAIN)
+            finally:
+                server.stop()
+                unsubscribe()
+        stats = server.stats()
+    finally:
+        transport.close()
+    if problem is not None:
+        status, stopped = EXIT_BROKEN, problem
+    else:
+        status, stopped = EXIT_STOPPED, f"stopped by {signal_name(received[0])}"
+    summary = options.log.summary(
+        stopped=stopped, exit_status=status, seconds=time.monotonic() - started, stats=stats
+    )
+    if args.json:
+        options.log.write(msgspec.json.encode(summary).decode())
+    else:
+        options.log.write(format_summary(summary))
+    return status
