@@ -58,7 +58,9 @@ def _reap_panel(ax: Any, overshoot_ms: dict[str, list[float]]) -> None:
     ax.text(len(labels) - 0.5, 5, "p50 target 5 ms", fontsize=7, va="bottom", ha="right")
     ax.text(len(labels) - 0.5, 20, "p99 target 20 ms", fontsize=7, va="bottom", ha="right")
     ax.set_yscale("log")
-    ax.set_xticks(range(len(labels)), [f"{label}\n(max_interval)" for label in labels], fontsize=8)
+    ax.set_xticks(
+        range(len(labels)), [label.replace(" @", "\nmax_interval ") for label in labels], fontsize=8
+    )
     ax.set_ylabel("deadline to death of the hung worker (ms, log)")
     ax.set_title("Reap overshoot (bars: p50 long, p99 short)", fontsize=10)
     ax.grid(axis="y", which="both", alpha=0.25)

@@ -84,8 +84,10 @@ class Figure:
         ratio = self.ratio()
         if ratio is None:
             return "-"
+        if self.value("ours") == self.value("torch"):
+            return "same"
         if math.isinf(ratio):
-            return "inf"
+            return "ours: none"
         if ratio >= 1:
             return f"{_num(ratio)}x better"
         return f"{_num(1 / ratio)}x worse"
@@ -161,12 +163,19 @@ def text_table(figures: list[Figure]) -> str:
     lines.append(
         "ours/torch cells: median (p25-p75) over repeated runs; p50/p99 rows: that percentile."
     )
-    for f in figures:
-        if f.note:
-            lines.append(f"[{f.key}] {f.note}")
-        for impl, error in f.errors.items():
-            lines.append(f"[{f.key}] {impl} failed: {error}")
+    lines += [f"[{keys}] {text}" for keys, text in _notes(figures)]
     return "\n".join(lines)
+
+
+def _notes(figures: list[Figure]) -> list[tuple[str, str]]:
+    """Return (figure keys, text) for every distinct note and error, in table order."""
+    keys: dict[str, list[str]] = {}
+    for f in figures:
+        texts = [f.note] if f.note else []
+        texts += [f"{impl} failed: {error}" for impl, error in f.errors.items()]
+        for text in texts:
+            keys.setdefault(text, []).append(f.key)
+    return [(", ".join(k), text) for text, k in keys.items()]
 
 
 def markdown_table(figures: list[Figure]) -> str:
@@ -179,8 +188,7 @@ def markdown_table(figures: list[Figure]) -> str:
         cells = [cell.replace("|", "\\|") for cell in row]
         cells[-1] = f"**{cells[-1]}**" if cells[-1] in ("MISS", "ERROR") else cells[-1]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- `{f.key}`: {f.note}" for f in figures if f.note]
-    notes += [f"- `{f.key}`: {impl} failed: {e}" for f in figures for impl, e in f.errors.items()]
+    notes = [f"- `{keys}`: {text}" for keys, text in _notes(figures)]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)

@@ -60,7 +60,14 @@ class ServerProcess:
         if not self._conn.poll(120):
             self.close()
             raise RuntimeError(f"{impl} {transport} server did not start within 120 s")
-        self._conn.recv()
+        try:
+            self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(
+                f"{impl} {transport} server process died at start (exit code "
+                f"{self._proc.exitcode}; its traceback is on stderr)"
+            ) from None
 
     @property
     def pid(self) -> int:

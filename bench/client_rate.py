@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import _impls
 from bench._child import child_main
-from bench._collect import figure, interleaved
+from bench._collect import Runs, figure, interleaved
 from bench._report import Figure
 from bench._servers import ServerProcess
 
@@ -58,6 +58,7 @@ def _pairs(client: Any, seconds: float) -> dict[str, Any]:
     acquire, release, now = client.acquire, client.release, time.time
     scope = "bench#pairs"
     errors: Counter[str] = Counter()
+    first_error_after: int | None = None
     slices: list[float] = []
     pairs = 0
     start = slice_start = time.perf_counter()
@@ -70,6 +71,8 @@ def _pairs(client: Any, seconds: float) -> dict[str, Any]:
                     acquire(scope, now() + 60)
                     break
                 except Exception as exc:
+                    if first_error_after is None:
+                        first_error_after = pairs + slice_pairs
                     errors[type(exc).__name__] += 1
                     time.sleep(_RETRY_PAUSE)
             while True:
@@ -77,9 +80,11 @@ def _pairs(client: Any, seconds: float) -> dict[str, Any]:
                     release(scope)
                     break
                 except Exception as exc:
+                    if first_error_after is None:
+                        first_error_after = pairs + slice_pairs
                     errors[type(exc).__name__] += 1
                     time.sleep(_RETRY_PAUSE)
-        slice_pairs += 100
+            slice_pairs += 1
         t = time.perf_counter()
         if t - slice_start >= _SLICE:
             slices.append(slice_pairs / (t - slice_start))
@@ -93,6 +98,7 @@ def _pairs(client: Any, seconds: float) -> dict[str, Any]:
         "seconds": time.perf_counter() - start,
         "exceptions": sum(errors.values()),
         "exception_types": dict(errors),
+        "first_error_after": first_error_after,
     }
 
 
@@ -136,6 +142,7 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
             figure(
                 runs,
                 lambda r: [r["exceptions"]],
+                note=_first_errors(runs, impls),
                 key=f"client_exceptions_{transport}",
                 title=f"exceptions raised into the caller per {cfg['seconds']:g} s run, {label}",
                 unit="count",
@@ -177,3 +184,19 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
             )
         out.append(unread)
     return out, raw
+
+
+def _first_errors(runs: Runs, impls: list[str]) -> str:
+    """Say after how many pairs each implementation raised its first exception, and what."""
+    parts = []
+    for impl in impls:
+        firsts = [
+            r["first_error_after"] for r in runs.of(impl) if r["first_error_after"] is not None
+        ]
+        if firsts:
+            kinds = sorted({kind for r in runs.of(impl) for kind in r["exception_types"]})
+            parts.append(
+                f"{impl}: first exception ({', '.join(kinds)}) after "
+                f"{', '.join(f'{n:,}' for n in firsts)} pairs"
+            )
+    return "; ".join(parts)

@@ -136,7 +136,6 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
                 unit="req/s",
                 better="higher",
                 target=target,
-                errors=dict(runs.errors),
             )
         )
     return out, raw

@@ -108,6 +108,23 @@ class TestClientChoice:
         assert expiration is not None
         assert before + after <= expiration <= time.time() + after
 
+    def test_a_falsy_client_argument_is_still_used(self, client):
+        class EmptyClient(RecordingClient):
+            def __len__(self) -> int:
+                return 0
+
+        empty = EmptyClient()
+        with expires(after=5, client=empty):
+            pass
+        assert [call for call, _, _ in empty.calls] == ["acquire", "release"]
+        assert client.calls == []
+
+    @pytest.mark.parametrize("after", [float("nan"), float("inf"), -1.0, -2e9])
+    def test_after_must_be_a_finite_non_negative_number(self, client, after):
+        with pytest.raises(ValueError, match="after"):
+            expires(after=after)
+        assert client.calls == []
+
 
 class TestDefaultScope:
     def test_names_the_callers_file_and_with_line(self, client):

@@ -66,8 +66,7 @@ def _run(workers: int, pairs: int, prefill: bool) -> dict[str, Any]:
     queue, report = ctx.Queue(), ctx.Queue()
     go, done = ctx.Event(), ctx.Event()
     procs = [
-        ctx.Process(target=_producer, args=(queue, pairs, go, done, report))
-        for _ in range(workers)
+        ctx.Process(target=_producer, args=(queue, pairs, go, done, report)) for _ in range(workers)
     ]
     for p in procs:
         p.start()
@@ -77,11 +76,13 @@ def _run(workers: int, pairs: int, prefill: bool) -> dict[str, Any]:
     if prefill:  # ingest: every request put (in the feeders) before the server starts
         client_seconds = [report.get(timeout=300) for _ in procs]
     start = time.perf_counter()
+    cpu = time.process_time()
     server.start()
     deadline = time.monotonic() + 300
     while _received(server) < expected and time.monotonic() < deadline:
         time.sleep(0.002)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     received = _received(server)
     if not prefill:
         client_seconds = [report.get(timeout=300) for _ in procs]
@@ -98,6 +99,7 @@ def _run(workers: int, pairs: int, prefill: bool) -> dict[str, Any]:
         "received": received,
         "server_seconds": round(elapsed, 3),
         "server_requests_per_s": round(received / elapsed),
+        "server_cpu_us_per_request": round(cpu / max(1, received) * 1e6, 2),
         "client_pairs_per_s_each": [round(pairs / s) for s in client_seconds],
     }
     if stats is not None:

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import ParamSpec, TypeVar
 
 from . import _soft
@@ -87,6 +87,8 @@ class expires:  # noqa: N801 - torch's name, used as a function
         soft: bool = False,
         grace: float | None = None,
     ) -> None:
+        if not (math.isfinite(after) and after >= 0):
+            raise ValueError(f"expires(after={after!r}): expected a finite number >= 0")
         self._after = after
         self._client = client
         self._default_scope = scope is None
@@ -106,7 +108,7 @@ class expires:  # noqa: N801 - torch's name, used as a function
         self._open: dict[int, list[_soft.SoftDeadline]] | None = None
 
     def _target(self) -> tuple[TimerClient, str]:
-        client = self._client or _default_client
+        client = self._client if self._client is not None else _default_client
         if client is None:
             raise RuntimeError("no timer client: call timer_api.configure(client) or pass client=")
         return client, _thread_scope(self._scope) if self._default_scope else self._scope
@@ -144,7 +146,10 @@ class expires:  # noqa: N801 - torch's name, used as a function
         frame = sys._getframe(2)  # the frame running the ``with`` statement
 
         def on_escape() -> None:
-            self._exit_soft()
+            opened = self._open.get(entry.thread_id) if self._open is not None else None
+            if opened and entry in opened:
+                opened.remove(entry)
+            _soft.disarm(entry)
             try:
                 client.release(scope)
             except Exception:
@@ -181,7 +186,31 @@ class expires:  # noqa: N801 - torch's name, used as a function
         return timed
 
 
-_soft.GUARD_CODES.update(
-    method.__code__
-    for method in (expires.__enter__, expires.__exit__, expires._enter_soft, expires._exit_soft)
-)
+def _abandon(frame: FrameType) -> None:
+    """Release the timer of a block whose ``__enter__``/``__exit__`` an exception interrupts.
+
+    Called (from :mod:`._soft`) in the thread itself, when a soft deadline's exception
+    lands there; the block will not run ``__exit__`` to the end, so its soft deadline
+    is ended and its timer released here. A release of a timer the server does not
+    hold is ignored by the server.
+    """
+    guard = frame.f_locals.get("self")
+    if not isinstance(guard, expires):
+        return
+    client = guard._client if guard._client is not None else _default_client
+    if client is None:
+        return
+    scope = _thread_scope(guard._scope) if guard._default_scope else guard._scope
+    opened = guard._open.get(_get_ident()) if guard._open is not None else None
+    if opened:
+        for entry in [e for e in opened if e.frame is frame.f_back]:
+            opened.remove(entry)
+            _soft.disarm(entry)
+    try:
+        client.release(scope)
+    except Exception:
+        logger.warning("could not release timer %r", scope, exc_info=True)
+
+
+_soft.GUARD_CODES.update(method.__code__ for method in (expires.__enter__, expires.__exit__))
+_soft.ABANDON = _abandon

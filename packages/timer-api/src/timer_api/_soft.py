@@ -29,12 +29,15 @@ from typing import Any
 
 from ._errors import TimerExpired
 
-__all__ = ["GUARD_CODES", "SOFT_SIGNAL", "SoftDeadline", "arm", "disarm"]
+__all__ = ["ABANDON", "GUARD_CODES", "SOFT_SIGNAL", "SoftDeadline", "arm", "disarm"]
 
 #: The signal that carries a soft deadline to the main thread: a spare real-time signal.
 SOFT_SIGNAL = int(signal.SIGRTMIN) + 5
 #: Code of the functions during which the exception must not be raised (filled by _expires).
 GUARD_CODES: set[CodeType] = set()
+#: Called with the frame of one of those functions when an exception raised in a thread
+#: other than the main one lands in it anyway, so that the block releases its timer.
+ABANDON: Callable[[FrameType], None] | None = None
 
 _FIRST_RETRY = 0.01
 _LAST_RETRY = 0.5
@@ -100,7 +103,13 @@ class _TimerExpiredInThread(TimerExpired):
         message = _thread_messages.pop(tid, "soft deadline passed")
         super().__init__(*(args or (message,)))
         raised_in = sys._getframe(1)
-        if not _safe_to_raise(raised_in):
+        guard = _guard_frame(raised_in)
+        if guard is not None:
+            # Checked just before, the thread has since entered __enter__ or __exit__:
+            # the exception leaves that block half done, so finish (or undo) it here.
+            if ABANDON is not None:
+                ABANDON(guard)
+        elif not _safe_to_raise(raised_in):
             for entry in list(_scheduler.open.get(tid, ())):
                 if entry.frame is raised_in and entry.on_escape is not None:
                     entry.on_escape()
@@ -239,13 +248,18 @@ def _safe_to_raise(frame: FrameType) -> bool:
     return any(start <= lasti < end for start, end in ranges)
 
 
-def _in_guard(frame: FrameType | None) -> bool:
-    """Tell whether ``frame`` or a caller of it is entering or leaving an ``expires`` block."""
+def _guard_frame(frame: FrameType | None) -> FrameType | None:
+    """Return the innermost frame entering or leaving an ``expires`` block, from ``frame`` up."""
     while frame is not None:
         if frame.f_code in GUARD_CODES:
-            return True
+            return frame
         frame = frame.f_back
-    return False
+    return None
+
+
+def _in_guard(frame: FrameType | None) -> bool:
+    """Tell whether ``frame`` or a caller of it is entering or leaving an ``expires`` block."""
+    return _guard_frame(frame) is not None
 
 
 _scheduler = _Scheduler()

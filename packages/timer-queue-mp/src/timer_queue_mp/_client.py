@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from timer_api import (
     MAX_REQUEST_BYTES,
@@ -72,41 +72,50 @@ class LocalTimerClient(TimerClient):
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
         """Arm (or re-arm) timer ``scope_id`` to expire at ``expiration_time`` (``time.time()``)."""
-        _check_scope(scope_id)
+        if type(scope_id) is not str or len(scope_id) > _MAX_SCOPE:
+            _refuse_scope(scope_id)
         if not -_MAX_SECONDS <= expiration_time <= _MAX_SECONDS:
             raise ValueError(f"expiration_time must be a finite number, got {expiration_time!r}")
         pid = _getpid()
         start = _identity[1] if _identity[0] == pid else _start_time(pid)
-        deadline = _monotonic() + (expiration_time - _wall())
-        request = TimerRequest(
-            pid, scope_id, expiration_time, self._signal, start, deadline, _get_ident()
+        data = encode_msgpack(
+            TimerRequest(
+                pid,
+                scope_id,
+                expiration_time,
+                self._signal,
+                start,
+                _monotonic() + (expiration_time - _wall()),
+                _get_ident(),
+            )
         )
-        self._put(_encode(request))
+        if len(data) > MAX_REQUEST_BYTES:
+            _refuse_size(data)
+        self._put(data)
 
     def release(self, scope_id: str) -> None:
         """Release timer ``scope_id`` of this process."""
-        _check_scope(scope_id)
+        if type(scope_id) is not str or len(scope_id) > _MAX_SCOPE:
+            _refuse_scope(scope_id)
         pid = _getpid()
         start = _identity[1] if _identity[0] == pid else _start_time(pid)
-        request = TimerRequest(pid, scope_id, -1.0, 0, start, None, _get_ident())
-        self._put(_encode(request))
+        data = encode_msgpack(TimerRequest(pid, scope_id, -1.0, 0, start, None, _get_ident()))
+        if len(data) > MAX_REQUEST_BYTES:
+            _refuse_size(data)
+        self._put(data)
 
 
-def _check_scope(scope_id: object) -> None:
+def _refuse_scope(scope_id: object) -> NoReturn:
     """Refuse a scope the server would reject, at the caller rather than silently later."""
     if type(scope_id) is not str:
         raise TypeError(f"scope_id must be a str, got {type(scope_id).__name__}")
-    if len(scope_id) > _MAX_SCOPE:
-        raise ValueError(f"scope_id is {len(scope_id)} characters long, limit {_MAX_SCOPE}")
+    raise ValueError(f"scope_id is {len(scope_id)} characters long, limit {_MAX_SCOPE}")
 
 
-def _encode(request: TimerRequest) -> bytes:
-    """Encode ``request``, refusing one too large for the server to accept."""
-    data = encode_msgpack(request)
-    if len(data) > MAX_REQUEST_BYTES:
-        raise InvalidRequestError(
-            RejectReason.OVERSIZE,
-            f"encoded request is {len(data)} bytes, limit {MAX_REQUEST_BYTES}",
-            data,
-        )
-    return data
+def _refuse_size(data: bytes) -> NoReturn:
+    """Refuse a request too large for the server to accept."""
+    raise InvalidRequestError(
+        RejectReason.OVERSIZE,
+        f"encoded request is {len(data)} bytes, limit {MAX_REQUEST_BYTES}",
+        data,
+    )

@@ -268,24 +268,10 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps({"log": record.levelname.lower(), "message": record.getMessage()})
 
 
-def _not_an_event(record: logging.LogRecord) -> bool:
-    """Drop the engine's log lines that repeat an event (the command prints events itself)."""
-    return not (
-        record.name == "timer_watchdog"
-        and isinstance(record.msg, str)
-        and record.msg.startswith(_EVENT_MESSAGES)
-    )
-
-
-#: Engine log messages that the command shows as events instead.
-_EVENT_MESSAGES = ("sent %s to worker", "worker %d is unkillable")
-
-
 @contextlib.contextmanager
 def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     """Send the packages' log records to stderr while the command runs, then restore logging."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_not_an_event)
     handler.setFormatter(
         _JsonFormatter() if args.json else logging.Formatter(f"{PROG}: %(message)s")
     )
@@ -296,6 +282,10 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
         logger.propagate = False
+    # The engine's reaping log lines repeat events, which the command prints itself.
+    echo = logging.getLogger("timer_watchdog.reaping")
+    saved.append((echo, echo.level, echo.propagate))
+    echo.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:

@@ -31,6 +31,9 @@ from ._process import ProcessGone, Procfs, ProtectedProcess, Target
 __all__ = ["Reap", "Reaper"]
 
 logger = logging.getLogger("timer_watchdog")
+#: Log lines that repeat a ``signalled`` or ``unkillable`` event, for users without a
+#: subscriber; the command, which prints events itself, silences this logger.
+reaping_logger = logging.getLogger("timer_watchdog.reaping")
 
 #: First and largest pause between two checks for death.
 FIRST_POLL = 0.002
@@ -189,7 +192,9 @@ class Reaper:
                 detail = (
                     f"alive {self.policy.kill_timeout:g}s after {signal_name(reap.last_signal)}"
                 )
-                logger.error("worker %d is unkillable: %s, state %s", reap.pid, detail, state)
+                reaping_logger.error(
+                    "worker %d is unkillable: %s, state %s", reap.pid, detail, state
+                )
                 self._emit(
                     Unkillable(
                         time=self._wall(),
@@ -245,7 +250,7 @@ class Reaper:
         reap.last_signal = signum
         self._count("signalled")
         late = now - reap.deadline
-        logger.warning(
+        reaping_logger.warning(
             "sent %s to worker %d (%s, timer %r, %.3fs late)",
             signal_name(signum),
             reap.pid,

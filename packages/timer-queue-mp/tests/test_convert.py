@@ -1,0 +1,126 @@
+"""to_request: every kind of queue item becomes a validated request or a reason."""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+from typing import Any
+
+import msgspec
+import pytest
+
+from timer_api import InvalidRequestError, RejectReason, TimerRequest, encode_msgpack
+from timer_queue_mp._convert import to_request
+
+PID = os.getpid()
+VALID = TimerRequest(PID, "scope", 123.5, 0, 77, 9.5, 3)
+
+
+class Hostile:
+    @property
+    def worker_id(self) -> int:
+        raise RuntimeError("boom")
+
+    scope_id = "s"
+    expiration_time = 1.0
+
+
+class TestAccepted:
+    @pytest.mark.parametrize(
+        "item",
+        [
+            encode_msgpack(VALID),
+            bytearray(encode_msgpack(VALID)),
+            memoryview(encode_msgpack(VALID)),
+        ],
+        ids=["bytes", "bytearray", "memoryview"],
+    )
+    def test_encoded_request(self, item: Any) -> None:
+        assert to_request(item) == VALID
+
+    def test_request_object(self) -> None:
+        assert to_request(VALID) == VALID
+
+    @pytest.mark.parametrize("expiration", [1234.5, -1, 0])
+    def test_torch_style_object(self, expiration: float) -> None:
+        legacy = types.SimpleNamespace(worker_id=PID, scope_id="old", expiration_time=expiration)
+        assert to_request(legacy) == TimerRequest(PID, "old", expiration)
+
+
+class TestRejected:
+    @pytest.mark.parametrize(
+        ("item", "reason"),
+        [
+            (b"\xff\x00not msgpack", RejectReason.MALFORMED),
+            (b"", RejectReason.MALFORMED),
+            (
+                msgspec.msgpack.encode({"pid": "7", "scope_id": "s", "expiration_time": 1.0}),
+                RejectReason.WRONG_TYPE,
+            ),
+            (msgspec.msgpack.encode({"scope_id": "s"}), RejectReason.MISSING_FIELD),
+            (b"\x81" + b"\xa1a" * 5000, RejectReason.OVERSIZE),
+            ({"pid": PID}, RejectReason.WRONG_OBJECT),
+            (42, RejectReason.WRONG_OBJECT),
+            ("text", RejectReason.WRONG_OBJECT),
+            (None, RejectReason.WRONG_OBJECT),
+            (Hostile(), RejectReason.WRONG_OBJECT),
+        ],
+        ids=[
+            "garbage",
+            "empty",
+            "wrong-type",
+            "missing",
+            "oversize",
+            "dict",
+            "int",
+            "str",
+            "none",
+            "hostile",
+        ],
+    )
+    def test_item(self, item: Any, reason: RejectReason) -> None:
+        error = to_request(item)
+        assert isinstance(error, InvalidRequestError)
+        assert error.reason is reason
+
+    @pytest.mark.parametrize(
+        ("worker_id", "scope_id", "expiration", "reason"),
+        [
+            (0, "s", 1.0, RejectReason.BAD_PID),
+            (-5, "s", 1.0, RejectReason.BAD_PID),
+            ("7", "s", 1.0, RejectReason.WRONG_TYPE),
+            (True, "s", 1.0, RejectReason.WRONG_TYPE),
+            (7.0, "s", 1.0, RejectReason.WRONG_TYPE),
+            (2**70, "s", 1.0, RejectReason.WRONG_TYPE),
+            (object(), "s", 1.0, RejectReason.WRONG_TYPE),
+            (PID, 5, 1.0, RejectReason.WRONG_TYPE),
+            (PID, "s" * 3000, 1.0, RejectReason.OUT_OF_RANGE),
+            (PID, "s", math.nan, RejectReason.NON_FINITE),
+            (PID, "s", math.inf, RejectReason.NON_FINITE),
+        ],
+    )
+    def test_torch_style_object_is_checked_like_bytes(
+        self, worker_id: Any, scope_id: Any, expiration: Any, reason: RejectReason
+    ) -> None:
+        legacy = types.SimpleNamespace(
+            worker_id=worker_id, scope_id=scope_id, expiration_time=expiration
+        )
+        error = to_request(legacy)
+        assert isinstance(error, InvalidRequestError)
+        assert error.reason is reason
+
+    @pytest.mark.parametrize(
+        ("request_", "reason"),
+        [
+            (TimerRequest(0, "s", 1.0), RejectReason.BAD_PID),
+            (TimerRequest(PID, "s", 1.0, signal=99), RejectReason.OUT_OF_RANGE),
+            (TimerRequest(PID, "s", math.nan), RejectReason.NON_FINITE),
+        ],
+    )
+    def test_request_object_is_checked_like_bytes(
+        self, request_: TimerRequest, reason: RejectReason
+    ) -> None:
+        error = to_request(request_)
+        assert isinstance(error, InvalidRequestError)
+        assert error.reason is reason
