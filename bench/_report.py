@@ -32,7 +32,9 @@ class Figure:
     errors: dict[str, str] = field(default_factory=dict)
 
     def value(self, impl: str) -> float | None:
-        """Return the judged value of ``impl`` (``None`` when not measured)."""
+        """Return the judged value of ``impl`` (``None`` when not measured or a run failed)."""
+        if impl in self.errors:
+            return None
         stats = self.ours if impl == "ours" else self.torch
         return None if stats is None else float(getattr(stats, self.stat))
 

@@ -34,6 +34,8 @@ def measure(impl: str, transport: str, seconds: float, max_interval: float) -> d
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         if transport == "mp":
             target: Any = multiprocessing.get_context("spawn").Queue()
+            # Exit without flushing a backlog that a stopped server will never read.
+            target.cancel_join_thread()
         else:
             target = os.path.join(tmp, "timer.pipe")
         server = ServerProcess(impl, transport, target, max_interval)
@@ -162,6 +164,20 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
                 **common,
             )
         )
+        if transport == "mp":
+            out.append(
+                figure(
+                    runs,
+                    lambda r: [r["drain_seconds"]],
+                    key=f"client_drain_{transport}",
+                    title=f"seconds the server then took to take in that backlog, {label}",
+                    unit="s",
+                    better="lower",
+                    note="both clients' puts return at once; a backlog waits in the "
+                    "worker's queue feeder (capped at 20 s)",
+                    **common,
+                )
+            )
         unread = figure(
             runs,
             lambda r: [max(0, r["unread"])],

@@ -1,8 +1,9 @@
 """Workload 6: memory a server keeps per armed timer.
 
-A started ``LocalTimerServer`` (``max_interval`` 60, so its loop is idle) takes
-``n`` arm requests of a live ``sleep`` child through ``register_timers``; the
-requests are then dropped by the caller. What Python allocations the server
+A ``LocalTimerServer`` takes ``n`` arm requests of a live ``sleep`` child through
+``register_timers``; the requests are then dropped by the caller. The server is
+not started: its loop would add nothing per timer, and torch's ``stop()`` waits
+up to ``max_interval``. What Python allocations the server
 still holds (``tracemalloc``, from before the requests were built) divided by
 ``n`` is the figure: it counts the requests themselves when the server keeps them.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import time
 import tracemalloc
 from typing import Any
 
@@ -30,21 +30,16 @@ def measure(impl: str, n: int) -> dict[str, Any]:
     queue = multiprocessing.get_context("spawn").Queue()
     with SleepingWorker() as worker:
         server = _impls.mp_server(impl, queue, 60.0)
-        server.start()
-        try:
-            time.sleep(0.2)
-            gc.collect()
-            tracemalloc.start()
-            base = tracemalloc.get_traced_memory()[0]
-            requests = build_requests(impl, worker, n)
-            server.register_timers(requests)
-            del requests
-            gc.collect()
-            retained = tracemalloc.get_traced_memory()[0] - base
-            tracemalloc.stop()
-            timers = _impls.timer_count(impl, server)
-        finally:
-            server.stop()
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        requests = build_requests(impl, worker, n)
+        server.register_timers(requests)
+        del requests
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        timers = _impls.timer_count(impl, server)
     if timers != n:
         raise RuntimeError(f"server holds {timers} timers, armed {n}")
     return {"bytes_per_timer": retained / n, "n": n}

@@ -241,7 +241,11 @@ class TestOtherThreads:
                     pass
             time.sleep(0.2)
 
-        assert self.run_in_thread(body) == ["finished"]
+        # Outside the main thread the exception is asynchronous: one handed over just
+        # as a block ends may land right after it (documented in docs/operations.md).
+        # What must hold is that no block ever leaves the server's timer armed.
+        (outcome,) = self.run_in_thread(body)
+        assert outcome == "finished" or isinstance(outcome, TimerExpired)
         assert client.balanced()
 
     def test_timer_is_released_even_where_python_skips_the_handlers(self):

@@ -222,3 +222,34 @@ class TestBadItems:
         assert isinstance(got[1], InvalidRequestError)
         assert got[1].reason is RejectReason.OVERSIZE
         assert got[2].scope_id == "s1"
+
+
+class TestBrokenTransport:
+    def test_simple_queue_is_refused(self) -> None:
+        with pytest.raises(TypeError, match="SimpleQueue"):
+            MultiprocessingRequestQueue(FORK.SimpleQueue())
+
+    def test_dead_manager_gives_nothing_and_can_be_interrupted(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        manager = multiprocessing.Manager()
+        requests = MultiprocessingRequestQueue(manager.Queue())
+        manager.shutdown()
+        assert requests.get(1, 0.05) == []
+        assert requests.size() == 0
+        assert "cannot read timer requests" in caplog.text
+        result: list[Any] = []
+        waiter = threading.Thread(target=lambda: result.append(requests.get(1, 600)))
+        waiter.start()
+        time.sleep(0.1)
+        requests.interrupt()
+        waiter.join(PATIENCE)
+        assert not waiter.is_alive()
+        assert result == [[]]
+
+    def test_closed_queue_gives_nothing(self, caplog: pytest.LogCaptureFixture) -> None:
+        queue = FORK.Queue()
+        requests = MultiprocessingRequestQueue(queue)
+        queue.close()
+        assert requests.get(1, 0.05) == []
+        assert "is closed" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing.queues
 import pickle
 import queue
 import threading
@@ -45,6 +46,11 @@ class MultiprocessingRequestQueue(RequestQueue):
     """
 
     def __init__(self, mp_queue: Any) -> None:
+        if isinstance(mp_queue, multiprocessing.queues.SimpleQueue):
+            raise TypeError(
+                "a SimpleQueue cannot wait with a timeout; use multiprocessing.Queue() "
+                "or multiprocessing.Manager().Queue()"
+            )
         self._mp_queue = mp_queue
         self._pipe = PipeReader(mp_queue) if PipeReader.supports(mp_queue) else None
         self._ready: deque[Item] = deque()
