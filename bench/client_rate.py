@@ -156,10 +156,10 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
         out.append(
             figure(
                 runs,
-                lambda r: [r["backlog_at_stop"]],
+                lambda r: [100.0 * r["backlog_at_stop"] / (2 * r["pairs"])],
                 key=f"client_backlog_{transport}",
-                title=f"requests the server had not taken in when the client stopped, {label}",
-                unit="requests",
+                title=f"share of requests sent not yet taken in when the client stopped, {label}",
+                unit="%",
                 better="lower",
                 **common,
             )
