@@ -72,17 +72,20 @@ class TimerServer(abc.ABC):
         """Return how long the next round may wait for requests."""
         return self._max_interval
 
-    def _run_watchdog(self) -> None:
-        """Run one round: take a batch, register it, reap the expired, clear the reaped."""
-        batch_size = max(1, self._request_queue.size())
-        batch = self._request_queue.get(batch_size, self._wait_timeout())
+    def _take_batch(self, timeout: float) -> list[TimerRequest]:
+        """Take the next batch from the queue; hand its invalid items to :meth:`_reject`."""
+        batch = self._request_queue.get(max(1, self._request_queue.size()), timeout)
         requests: list[TimerRequest] = []
         for item in batch:
             if isinstance(item, InvalidRequestError):
                 self._reject(item)
             else:
                 requests.append(item)
-        self.register_timers(requests)
+        return requests
+
+    def _run_watchdog(self) -> None:
+        """Run one round: take a batch, register it, reap the expired, clear the reaped."""
+        self.register_timers(self._take_batch(self._wait_timeout()))
         reaped: set[Any] = set()
         for worker_id in self.get_expired_timers(time.time()):
             if self._reap_worker_no_throw(worker_id):

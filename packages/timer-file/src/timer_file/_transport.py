@@ -29,8 +29,6 @@ class PipeTransport:
 
     def __init__(self, path: str | None = None) -> None:
         self._queue = FileRequestQueue(None if path is None else os.path.abspath(path))
-        st = os.stat(self._queue.file_path)
-        self._identity = (st.st_dev, st.st_ino)
 
     @property
     def path(self) -> str:
@@ -47,15 +45,7 @@ class PipeTransport:
 
     def problem(self) -> str | None:
         """Say whether the pipe was removed or replaced, so that workers can no longer reach us."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return f"the pipe {self.path} was removed"
-        except OSError as exc:
-            return f"the pipe {self.path} cannot be checked: {exc.strerror}"
-        if (st.st_dev, st.st_ino) != self._identity:
-            return f"the pipe {self.path} was replaced by another file"
-        return None
+        return self._queue.problem()
 
     def close(self) -> None:
         """Close and remove the pipe; calling it again does nothing."""

@@ -10,15 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from types import FrameType
-from typing import Any
 
 import msgspec
 
 from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
 from ._cli import CommandError, Options
+from ._handlers import handling
 from ._server import WatchdogServer
 from ._summary import format_summary
 from ._transports import load
@@ -63,16 +62,6 @@ class _Forwarder:
         self.pending.clear()
 
 
-@contextlib.contextmanager
-def _forwarding(forwarder: _Forwarder) -> Iterator[None]:
-    previous: dict[int, Any] = {sig: signal.signal(sig, forwarder) for sig in FORWARDED_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start ``command`` as the leader of a new process group."""
     if sys.version_info >= (3, 11):
@@ -115,7 +104,7 @@ def run(options: Options) -> int:
         forwarder = _Forwarder()
         server.start()
         try:
-            with _forwarding(forwarder):
+            with handling(FORWARDED_SIGNALS, forwarder):
                 try:
                     proc = _spawn(command, env)
                 except FileNotFoundError:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from types import FrameType
-from typing import Any
 
 import msgspec
 
 from ._cli import CommandError, Options
+from ._handlers import handling
 from ._run import finish_reaps
 from ._summary import format_summary, signal_name
 from ._transports import load
@@ -32,20 +30,6 @@ STOP_DRAIN = 1.0
 CHECK_INTERVAL = 1.0
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
-
-    previous: dict[int, Any] = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
 def serve(options: Options) -> int:
     """Serve ``options.args.path`` until a stop signal or a broken endpoint; return the status."""
     args = options.args
@@ -61,7 +45,12 @@ def serve(options: Options) -> int:
     try:
         server = transport.server(max_interval=args.max_interval, policy=options.policy)
         unsubscribe = server.subscribe(options.log)
-        with _stop_on_signals(stop, received):
+
+        def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+            received.append(signum)
+            stop.set()
+
+        with handling(STOP_SIGNALS, on_stop_signal):
             server.start()
             options.log.note(f"serving {transport.path} (pid {os.getpid()}); stop with SIGTERM")
             try:

@@ -485,19 +485,12 @@ class WatchdogServer(TimerServer):
     def _run_watchdog(self) -> None:
         """Run one round: take a batch, register it, reap what is due, clear the reaped."""
         timeout = self._wait_timeout()
-        queue = self._request_queue
         try:
-            batch = queue.get(max(1, queue.size()), timeout)
+            requests = self._take_batch(timeout)
         except Exception:
             logger.exception("reading the request queue failed; retrying")
             time.sleep(min(timeout, 0.05))
-            batch = []
-        requests: list[TimerRequest] = []
-        for item in batch:
-            if isinstance(item, InvalidRequestError):
-                self._reject(item)
-            else:
-                requests.append(item)
+            requests = []
         if requests:
             self.register_timers(requests)
         now = time.monotonic()
