@@ -2,10 +2,11 @@
 
 A ``LocalTimerServer`` runs in this process. Hung workers are forked from a
 forkserver that has the client preloaded (so a torch worker does not pay a torch
-import each): each arms one timer ``after`` seconds ahead (staggered so deadlines
-do not coincide), reports its wall-clock deadline, and sleeps. This process
-watches every worker through a pidfd and takes the wall-clock time at which it
-becomes readable (the process has exited). Overshoot = death - deadline. A worker
+import each). Once all are started and watched (a pidfd each), they are told to
+go: each arms one timer ``after`` seconds ahead (staggered so deadlines do not
+coincide), reports its wall-clock deadline, and sleeps. This process polls the
+pidfds and takes the wall-clock time at which each becomes readable (the
+process has exited). Overshoot = death - deadline. A worker
 still alive ``cap`` seconds after its deadline counts as missed and is killed.
 """
 
@@ -29,8 +30,9 @@ __all__ = ["figures", "main", "measure"]
 _PRELOAD = {"ours": ["timer_queue_mp"], "torch": ["torch.distributed.elastic.timer"]}
 
 
-def _hang(impl: str, queue: Any, after: float, report: Any) -> None:
+def _hang(impl: str, queue: Any, after: float, report: Any, go: Any) -> None:
     client = _impls.mp_client(impl, queue)
+    go.wait(120)
     deadline = time.time() + after
     client.acquire("bench#hang", deadline)
     report.put((os.getpid(), deadline))
@@ -48,50 +50,59 @@ def measure(
     """Reap ``samples`` hung workers; return each overshoot in seconds and the misses."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["bench._impls", *_PRELOAD[impl]])
-    queue, report = ctx.Queue(), ctx.Queue()
+    queue, report, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     server = _impls.mp_server(impl, queue, max_interval)
     server.start()
     workers = []
     poller = select.poll()
-    watched: dict[int, tuple[int, float]] = {}  # pidfd -> (pid, deadline)
-    overshoots: list[float] = []
+    pidfds: dict[int, int] = {}  # pidfd -> pid, while the worker is alive
+    deadlines: dict[int, float] = {}  # pid -> wall-clock deadline it reported
+    deaths: dict[int, float] = {}  # pid -> wall-clock time its pidfd became readable
     missed = 0
     try:
         for i in range(samples):
             worker = ctx.Process(
-                target=_hang, args=(impl, queue, after + i * spacing, report), daemon=True
+                target=_hang, args=(impl, queue, after + i * spacing, report, go), daemon=True
             )
             worker.start()
             workers.append(worker)
-        for _ in range(samples):
-            pid, deadline = report.get(timeout=120)
-            pidfd = os.pidfd_open(pid)
-            watched[pidfd] = (pid, deadline)
+            assert worker.pid is not None
+            pidfd = os.pidfd_open(worker.pid)  # before it can arm, so before it can die
+            pidfds[pidfd] = worker.pid
             poller.register(pidfd, select.POLLIN)
-        while watched:
-            now = time.time()
-            last = max(deadline for _, deadline in watched.values())
-            for fd, _ in poller.poll(max(0.0, min(1.0, last + cap - now)) * 1000):
-                died = time.time()
+        go.set()  # every worker is watched before any arms
+        give_up = time.monotonic() + 120 + samples * spacing
+        while pidfds and time.monotonic() < give_up:
+            for fd, _ in poller.poll(5):
+                deaths[pidfds[fd]] = time.time()
                 poller.unregister(fd)
-                overshoots.append(died - watched.pop(fd)[1])
                 os.close(fd)
+                del pidfds[fd]
+            while not report.empty():
+                pid, deadline = report.get()
+                deadlines[pid] = deadline
             now = time.time()
-            for fd, (_pid, deadline) in list(watched.items()):
-                if now > deadline + cap:
+            for fd, pid in list(pidfds.items()):
+                if pid in deadlines and now > deadlines[pid] + cap:
                     missed += 1
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                     poller.unregister(fd)
-                    del watched[fd]
                     os.close(fd)
+                    del pidfds[fd]
     finally:
         server.stop()
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
             worker.join(5)
-        for fd in watched:
+        for fd in pidfds:
             os.close(fd)
+    overshoots = [deaths[pid] - deadlines[pid] for pid in deaths if pid in deadlines]
+    if len(overshoots) + missed < samples:
+        raise RuntimeError(
+            f"{samples - len(overshoots) - missed} of {samples} workers died before "
+            "reporting a deadline, or never armed"
+        )
     return {"overshoots": overshoots, "missed": missed, "max_interval": max_interval}
 
 

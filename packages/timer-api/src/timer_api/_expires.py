@@ -9,11 +9,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType, TracebackType
-from typing import ParamSpec, TypeVar
+from types import FrameType, ModuleType, TracebackType
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from . import _soft
 from ._client import TimerClient
+
+if TYPE_CHECKING:
+    from . import _soft
 
 __all__ = ["configure", "expires"]
 
@@ -149,13 +151,14 @@ class expires:  # noqa: N801 - torch's name, used as a function
             opened = self._open.get(entry.thread_id) if self._open is not None else None
             if opened and entry in opened:
                 opened.remove(entry)
-            _soft.disarm(entry)
+            soft.disarm(entry)
             try:
                 client.release(scope)
             except Exception:
                 logger.warning("could not release timer %r", scope, exc_info=True)
 
-        entry = _soft.arm(self._after, message, frame, on_escape)
+        soft = _soft_deadlines()
+        entry = soft.arm(self._after, message, frame, on_escape)
         if self._open is None:
             self._open = {}
         self._open.setdefault(entry.thread_id, []).append(entry)
@@ -167,7 +170,7 @@ class expires:  # noqa: N801 - torch's name, used as a function
         ident = _get_ident()
         opened = self._open.get(ident)
         if opened:
-            _soft.disarm(opened.pop())
+            _soft_deadlines().disarm(opened.pop())
             if not opened:
                 del self._open[ident]
 
@@ -205,12 +208,18 @@ def _abandon(frame: FrameType) -> None:
     if opened:
         for entry in [e for e in opened if e.frame is frame.f_back]:
             opened.remove(entry)
-            _soft.disarm(entry)
+            _soft_deadlines().disarm(entry)
     try:
         client.release(scope)
     except Exception:
         logger.warning("could not release timer %r", scope, exc_info=True)
 
 
-_soft.GUARD_CODES.update(method.__code__ for method in (expires.__enter__, expires.__exit__))
-_soft.ABANDON = _abandon
+def _soft_deadlines() -> ModuleType:
+    """Import the soft-timeout machinery on first use (a worker without ``soft=True`` never pays)."""
+    from . import _soft
+
+    if _soft.ABANDON is None:
+        _soft.GUARD_CODES.update(m.__code__ for m in (expires.__enter__, expires.__exit__))
+        _soft.ABANDON = _abandon
+    return _soft

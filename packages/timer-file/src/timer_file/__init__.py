@@ -17,6 +17,8 @@ process of the same user on the host) write requests into it::
 Names and signatures follow ``torch.distributed.elastic.timer``.
 """
 
+from typing import TYPE_CHECKING
+
 from .__about__ import __version__
 from ._client import (
     DEFAULT_SEND_TIMEOUT,
@@ -26,10 +28,32 @@ from ._client import (
     ServerUnavailableError,
     configure_from_env,
 )
-from ._pipe import UnsafePipeError, default_pipe_path
-from ._queue import FileRequestQueue
 from ._request import FileTimerRequest
-from ._server import FileTimerServer
+
+if TYPE_CHECKING:
+    from ._pipe import UnsafePipeError, default_pipe_path
+    from ._queue import FileRequestQueue
+    from ._server import FileTimerServer
+
+#: Server-side names, imported on first use so that a worker's import stays light.
+_SERVER_SIDE = {
+    "FileRequestQueue": "._queue",
+    "FileTimerServer": "._server",
+    "UnsafePipeError": "._pipe",
+    "default_pipe_path": "._pipe",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a server-side name on first use."""
+    if name not in _SERVER_SIDE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_SERVER_SIDE[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_SEND_TIMEOUT",
