@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import sys
 import threading
@@ -13,13 +12,13 @@ from types import FrameType, ModuleType, TracebackType
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ._client import TimerClient
+from ._log import logger
 
 if TYPE_CHECKING:
     from . import _soft
 
 __all__ = ["configure", "expires"]
 
-logger = logging.getLogger("timer_api")
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import abc
-import logging
 import threading
 import time
 from typing import Any
 
 from ._errors import InvalidRequestError
+from ._log import logger
 from ._queue import RequestQueue
 from ._request import TimerRequest
 
 __all__ = ["TimerServer"]
 
-logger = logging.getLogger("timer_api")
 
 #: How long :meth:`TimerServer.stop` waits for the loop thread before returning.
 STOP_TIMEOUT = 2.0

@@ -8,12 +8,12 @@ thread's Python stack before it kills the worker.
 from __future__ import annotations
 
 import faulthandler
-import logging
 import os
 import signal
 import threading
 from typing import IO
 
+from ._log import logger
 from ._procfs import process_start_time
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "stack_dump_path",
 ]
 
-logger = logging.getLogger("timer_api")
 
 #: Environment variable naming the directory for stack dumps (set by ``timer-watchdog run --stacks``).
 STACKS_DIR_ENV = "TIMER_WATCHDOG_STACKS"

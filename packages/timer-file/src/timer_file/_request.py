@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from timer_api import TimerRequest
 
 __all__ = ["FileTimerRequest"]
@@ -54,6 +52,8 @@ class FileTimerRequest:
 
     def to_json(self) -> str:
         """Return the request as torch's one-line JSON object (no newline)."""
+        import json  # torch's exact spelling; imported here, off a worker's import path
+
         return json.dumps(
             {
                 "version": self.version,
