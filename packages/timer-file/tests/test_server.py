@@ -167,6 +167,27 @@ class TestReaping:
         finally:
             second.stop()
 
+    @pytest.mark.parametrize("restart", ["same_server", "new_server"])
+    def test_worker_that_sends_nothing_after_a_restart_is_still_reaped(
+        self, pipe_path: str, spawn: Spawn, restart: str
+    ) -> None:
+        # The worker arms its only timer, then hangs: it never writes again, so only the
+        # client's background check can hand the armed timer to the restarted server.
+        first = FileTimerServer(pipe_path, "run", max_interval=0.5)
+        first.start()
+        worker = spawn(pipe_path, after=3, work=120)
+        assert _until(lambda: first.stats().armed == 1)
+        first.stop()
+        second = first if restart == "same_server" else FileTimerServer(pipe_path, "run", 0.5)
+        events = Recorder(second)
+        second.start()
+        try:
+            assert worker.wait(timeout=30) == -signal.SIGKILL
+            assert _until(lambda: bool(events.of(Reaped)))
+            assert [e.scope_id for e in events.of(Expired)] == ["outer"]  # type: ignore[union-attr]
+        finally:
+            second.stop()
+
 
 def _arm(pid: int, scope: str = "valid") -> bytes:
     return encode_json_line(TimerRequest(pid, scope, time.time() + 300, 9))

@@ -10,6 +10,7 @@ import select
 import signal as _signal
 import threading
 import time
+import weakref
 
 from timer_api import (
     TimerClient,
@@ -38,6 +39,12 @@ DEFAULT_SEND_TIMEOUT = 10.0
 #: How often (seconds) a client that keeps the pipe open checks that the path still
 #: names the pipe it writes to, to notice a server that was replaced.
 _RECHECK_INTERVAL = 0.1
+
+#: How often (seconds) a background thread checks, while timers are armed, that the
+#: pipe written to still has its reader behind the path; if not, it replays the armed
+#: timers into the new pipe, so a restarted server learns them even from a worker
+#: that hangs and never sends again.
+WATCH_INTERVAL = 0.5
 
 #: The kernel's default pipe buffer; a larger pipe was enlarged by a server that
 #: serves writers which keep it open (``timer_file.FileTimerServer`` does).
@@ -104,6 +111,8 @@ class FileTimerClient(TimerClient):
         self._next_check = 0.0
         #: scope_id -> the encoded arm request, replayed into a new server.
         self._armed: dict[str, bytes] = {}
+        #: The thread that replays the armed timers into a restarted server.
+        self._watcher: threading.Thread | None = None
 
     @property
     def file_path(self) -> str:
@@ -142,6 +151,11 @@ class FileTimerClient(TimerClient):
                 else:
                     self._armed[scope_id] = previous
                 raise
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=_watch, args=(weakref.ref(self),), name="timer-file-replay", daemon=True
+                )
+                self._watcher.start()
 
     def release(self, scope_id: str) -> None:
         """Release timer ``scope_id``."""
@@ -210,6 +224,28 @@ class FileTimerClient(TimerClient):
         if not self._keep:
             self._close_fd()
 
+    def _replay_if_server_changed(self) -> None:
+        """Replay the armed timers if the pipe lost its reader or the path names a new pipe."""
+        with self._lock:
+            if not self._armed or self._pid != os.getpid():
+                return
+            if self._pipe_id is not None and self._path_names_pipe() and not self._reader_gone():
+                return
+            self._close_fd()
+            self._replay_due = True
+            with contextlib.suppress(OSError):  # no server yet: try again next time
+                self._connect(b"")
+                if not self._keep:
+                    self._close_fd()
+
+    def _reader_gone(self) -> bool:
+        """Tell whether the pipe held open has lost its reader (a stopped server)."""
+        if self._fd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+
     def _path_names_pipe(self) -> bool:
         try:
             st = os.stat(self._file_path)
@@ -277,6 +313,17 @@ class FileTimerClient(TimerClient):
                 return
             except BlockingIOError:
                 continue
+
+
+def _watch(client_ref: weakref.ReferenceType[FileTimerClient]) -> None:
+    """Check the client's pipe every :data:`WATCH_INTERVAL` seconds while the client lives."""
+    while True:
+        time.sleep(WATCH_INTERVAL)
+        client = client_ref()
+        if client is None:
+            return
+        client._replay_if_server_changed()
+        del client
 
 
 def configure_from_env(
