@@ -1,15 +1,16 @@
-"""process_start_time: read from /proc for real processes, None once they are gone."""
+"""process_start_time and process_stat: read from /proc for real processes, None once gone."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from timer_api import process_start_time
+from timer_api import process_start_time, process_stat
 
 #: A child that prints "up", renames itself to the name it reads, prints "named", then waits.
 CHILD = """
@@ -87,3 +88,28 @@ class TestGoneProcess:
     @pytest.mark.parametrize("pid", [0, -1, -os.getpid(), 2**22 + 1, 2**31 - 1])
     def test_pid_that_names_no_process(self, pid):
         assert process_start_time(pid) is None
+
+
+class TestProcessStat:
+    def test_self_is_running_with_its_start_time(self):
+        assert process_stat(os.getpid()) == ("R", process_start_time(os.getpid()))
+
+    def test_sleeping_child(self, child):
+        state, start_time = process_stat(child.pid)
+        assert state == "S"  # blocked reading its stdin
+        assert start_time == process_start_time(child.pid)
+
+    def test_unreaped_child_is_a_zombie(self):
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        try:
+            deadline = time.monotonic() + 20
+            while process_stat(proc.pid)[0] != "Z" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert process_stat(proc.pid)[0] == "Z"
+        finally:
+            proc.wait(timeout=20)
+        assert process_stat(proc.pid) is None
+
+    @pytest.mark.parametrize("pid", [0, -1, 2**31 - 1])
+    def test_pid_that_names_no_process(self, pid):
+        assert process_stat(pid) is None

@@ -26,7 +26,7 @@ from ._codec import (
 )
 from ._errors import InvalidRequestError, RejectReason, TimerExpired
 from ._expires import configure, expires
-from ._procfs import process_start_time
+from ._procfs import process_start_time, process_stat
 from ._queue import RequestQueue
 from ._request import TimerRequest
 from ._server import TimerServer
@@ -63,5 +63,6 @@ __all__ = [
     "install_stack_dump",
     "install_stack_dump_from_env",
     "process_start_time",
+    "process_stat",
     "stack_dump_path",
 ]

@@ -14,6 +14,8 @@ import select
 import signal
 from typing import NamedTuple
 
+from timer_api import process_stat
+
 __all__ = [
     "ProcStatus",
     "ProcessGone",
@@ -70,16 +72,7 @@ class Procfs:
 
     def stat(self, pid: int) -> tuple[str, int] | None:
         """Return ``(state, start_time)`` of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if gone."""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as file:
-                data = file.read()
-        except OSError:
-            return None
-        # The command name (field 2) is in parentheses and may itself contain ") ".
-        fields = data[data.rfind(b")") + 2 :].split()
-        if len(fields) <= 19:
-            return None
-        return fields[0].decode("ascii", "replace"), int(fields[19])
+        return process_stat(pid)
 
     def status(self, pid: int) -> ProcStatus | None:
         """Return the state, uids and caught signals of ``pid``, or ``None`` if it is gone."""
