@@ -95,8 +95,13 @@ class TestProcessStat:
         assert process_stat(os.getpid()) == ("R", process_start_time(os.getpid()))
 
     def test_sleeping_child(self, child):
+        # After printing "up" the child still runs for a moment before it blocks reading its
+        # stdin, so wait (bounded) for it to be seen asleep.
+        deadline = time.monotonic() + 20
+        while process_stat(child.pid)[0] != "S" and time.monotonic() < deadline:
+            time.sleep(0.01)
         state, start_time = process_stat(child.pid)
-        assert state == "S"  # blocked reading its stdin
+        assert state == "S"
         assert start_time == process_start_time(child.pid)
 
     def test_unreaped_child_is_a_zombie(self):
