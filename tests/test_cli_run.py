@@ -28,7 +28,9 @@ HUNG_JOB = """
         sys.exit(0 if child.returncode == 0 else 10)
     if sys.argv[1] == "child":
         worker = subprocess.run([sys.executable, __file__, "worker"])
-        print("worker returncode", worker.returncode, flush=True)
+        # One write(2): print() makes several under PYTHONUNBUFFERED, and events
+        # written to the same stdout by `run --events -` could land between them.
+        os.write(1, f"worker returncode {worker.returncode}\\n".encode())
         sys.exit(0 if worker.returncode == -9 else 11)
 
     from timer_api import expires
@@ -72,7 +74,7 @@ def events_of(path: Path) -> list:
 def hung_run(tmp_path_factory):
     """Run, once for this module, a job whose grandchild hangs, with every option of interest."""
     tmp_path = tmp_path_factory.mktemp("hung")
-    body = "print('pipe', os.environ['TORCHELASTIC_TIMER_FILE'], flush=True)\n"
+    body = "os.write(1, f\"pipe {os.environ['TORCHELASTIC_TIMER_FILE']}\\n\".encode())\n"
     job = script(
         tmp_path,
         textwrap.dedent(HUNG_JOB).replace(
@@ -157,7 +159,7 @@ class TestSignals:
             f"""
             import signal, sys, time
             def stop(signum, frame):
-                print("got", signum, flush=True)
+                print(f"got {signum}", flush=True)
                 sys.exit(5)
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
@@ -286,7 +288,7 @@ class TestSoftTimeout:
                 with expires(after=0.3, soft=True, grace=30):
                     time.sleep(30)
             except TimerExpired as exc:
-                print("cleaned up after", type(exc).__name__, flush=True)
+                print(f"cleaned up after {type(exc).__name__}", flush=True)
             """,
         )
         events = tmp_path / "events.jsonl"
