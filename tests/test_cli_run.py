@@ -302,10 +302,9 @@ class TestSoftTimeout:
 
 class TestPySpy:
     def test_absent_py_spy_is_reported_once_and_the_kill_goes_on(self, tmp_path):
-        if shutil.which("py-spy", path=os.path.dirname(sys.executable)):
-            pytest.skip("py-spy is installed next to this Python")
         job = script(tmp_path, HUNG_JOB)
-        env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+        (tmp_path / "empty").mkdir()
+        env = {**os.environ, "PATH": str(tmp_path / "empty")}
         events = tmp_path / "events.jsonl"
         result = watchdog(
             "run",
@@ -324,6 +323,30 @@ class TestPySpy:
         (reaped,) = [e for e in events_of(events) if isinstance(e, Reaped)]
         assert reaped.frame is not None
         assert reaped.frame.function == "recognizable_hung_function"
+
+    @pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
+    def test_py_spy_stacks_are_kept_beside_the_faulthandler_dump(self, tmp_path):
+        job = script(tmp_path, HUNG_JOB)
+        events = tmp_path / "events.jsonl"
+        result = watchdog(
+            "run",
+            "--py-spy",
+            "--stacks",
+            str(tmp_path / "stacks"),
+            "--events",
+            str(events),
+            "--",
+            sys.executable,
+            job,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "py-spy" not in result.stderr
+        (reaped,) = [e for e in events_of(events) if isinstance(e, Reaped)]
+        assert reaped.stack_path is not None
+        assert reaped.frame is not None
+        assert reaped.frame.function == "recognizable_hung_function"
+        spy_text = Path(reaped.stack_path + ".py-spy").read_text()
+        assert "recognizable_hung_function (" in spy_text
 
 
 class TestBadArguments:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,9 @@ from timer_watchdog import (
     parse_faulthandler,
     parse_py_spy,
 )
+from timer_watchdog._forensics import PySpy
+
+needs_py_spy = pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
 
 #: A child whose worker thread hangs in a function with a recognizable name; it prints
 #: that thread's ident. With argv[1] (a directory) it registers faulthandler for dumps,
@@ -139,6 +144,88 @@ class TestParsePySpy:
     )
     def test_innermost_frame_by_thread(self, thread_id, expected):
         assert parse_py_spy(self.TEXT, thread_id) == expected
+
+    JSON = """[
+      {"pid": 7, "thread_id": 11, "thread_name": "loader", "os_thread_id": 8, "active": true,
+       "owns_gil": false, "frames": [
+         {"name": "read_shard", "filename": "/src/loader.py", "line": 12, "module": null},
+         {"name": "run", "filename": "/lib/threading.py", "line": 1010, "module": null}]},
+      {"pid": 7, "thread_id": 22, "thread_name": "MainThread", "os_thread_id": 7,
+       "active": false, "owns_gil": false, "frames": []}
+    ]"""
+
+    @pytest.mark.parametrize(
+        ("thread_id", "expected"),
+        [
+            (11, Frame("/src/loader.py", 12, "read_shard")),
+            (None, Frame("/src/loader.py", 12, "read_shard")),
+            (22, None),  # a thread with no Python frames
+            (8, None),  # a native id is not a Python ident
+        ],
+    )
+    def test_json_output_by_python_ident(self, thread_id, expected):
+        assert parse_py_spy(self.JSON, thread_id) == expected
+
+    @pytest.mark.parametrize("text", ["[", "[{}]", '[{"thread_id": "x"}]', "[1, 2]"])
+    def test_malformed_json_gives_none(self, text):
+        assert parse_py_spy(text, None) is None
+
+
+@needs_py_spy
+class TestRealPySpy:
+    def test_json_dump_finds_the_thread_by_its_python_ident(self, spawn):
+        child = spawn(HUNG_WORKER)
+        ident = int(child.ready)
+        out = subprocess.run(
+            ["py-spy", "dump", "--json", "--pid", str(child.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        frame = parse_py_spy(out, ident)
+        assert frame is not None
+        assert (frame.file, frame.function) == ("<string>", "stuck_in_recognizable_function")
+
+    def test_reap_with_py_spy_alone_names_the_hung_function(self, make_server, spawn, tmp_path):
+        # The worker installs no dump handler: only py-spy can say where it is.
+        h = make_server(
+            policy=WatchdogPolicy(stacks_dir=str(tmp_path), py_spy=True, stack_wait=30.0)
+        )
+        child = spawn(HUNG_WORKER)
+        ident = int(child.ready)
+        h.put(child.request(after=0.1, thread_id=ident))
+        assert child.wait() == -signal.SIGKILL
+        reaped = h.events.wait_for(Reaped, child.pid)[0]
+        expected = stack_dump_path(str(tmp_path), child.pid, child.start_time) + ".py-spy"
+        assert reaped.stack_path == expected
+        assert reaped.frame is not None
+        assert reaped.frame.function == "stuck_in_recognizable_function"
+        with open(expected) as dump:
+            text = dump.read()
+        assert f"Thread 0x{ident:016x} (native " in text
+        assert "main_thread_waits_elsewhere (<string>:" in text
+        assert parse_py_spy(text, ident) == reaped.frame
+        assert os.listdir(tmp_path) == [os.path.basename(expected)]
+
+    def test_failed_dump_is_logged_and_writes_no_file(self, tmp_path, caplog):
+        caplog.set_level(logging.WARNING, logger="timer_watchdog")
+        not_python = subprocess.Popen(["sleep", "60"])
+        try:
+            out_path = str(tmp_path / "dump.py-spy")
+            thread = PySpy().dump(not_python.pid, out_path, timeout=60)
+            assert thread is not None
+            thread.join(90)
+            assert not thread.is_alive()
+        finally:
+            not_python.kill()
+            not_python.wait(20)
+        assert os.listdir(tmp_path) == []
+        failures = [
+            r.getMessage() for r in caplog.records if "py-spy dump of pid" in r.getMessage()
+        ]
+        assert len(failures) == 1
+        assert failures[0].startswith(f"py-spy dump of pid {not_python.pid} failed: ")
 
 
 class TestStackBeforeKill:

@@ -3,8 +3,10 @@
 The worker registered :mod:`faulthandler` on the stack signal (see
 ``timer_api.install_stack_dump``): the server sends that signal, polls the dump file
 until it stops growing (never blocking the loop), and reads the innermost frame of
-the thread that armed the expired timer. Optionally ``py-spy dump`` runs in a
-background thread too; if py-spy is not installed, that is logged once.
+the thread that armed the expired timer. Optionally ``py-spy dump --json`` runs in a
+background thread too, and its stacks are written beside the dump as text whose thread
+headers carry the same idents as faulthandler's; if py-spy is not installed, that is
+logged once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+
+import msgspec
 
 from timer_api import stack_dump_path
 
@@ -59,8 +63,64 @@ def parse_faulthandler(text: str, thread_id: int | None) -> Frame | None:
     return _pick(blocks, thread_id)
 
 
+class _SpyFrame(msgspec.Struct):
+    name: str
+    filename: str
+    line: int
+
+
+class _SpyThread(msgspec.Struct):
+    thread_id: int
+    thread_name: str | None = None
+    os_thread_id: int | None = None
+    active: bool = False
+    owns_gil: bool = False
+    frames: list[_SpyFrame] = []
+
+
+_SPY_JSON = msgspec.json.Decoder(list[_SpyThread])
+
+
+def _render_py_spy(threads: list[_SpyThread]) -> str:
+    """Return ``py-spy dump --json`` threads as text, one block per thread, innermost frame first.
+
+    A block's header names the thread by its Python ident (``threading.get_ident()``),
+    written as faulthandler writes it, then its native id, state and name.
+    """
+    lines: list[str] = []
+    for thread in threads:
+        native = f"native {thread.os_thread_id}, " if thread.os_thread_id is not None else ""
+        state = ("active" if thread.active else "idle") + (
+            ", holds the GIL" if thread.owns_gil else ""
+        )
+        lines.append(
+            f'Thread 0x{thread.thread_id:016x} ({native}{state}): "{thread.thread_name or ""}"'
+        )
+        lines.extend(f"    {f.name} ({f.filename}:{f.line})" for f in thread.frames)
+    return "".join(line + "\n" for line in lines)
+
+
 def parse_py_spy(text: str, thread_id: int | None) -> Frame | None:
-    """Return the innermost frame of thread ``thread_id`` in ``py-spy dump`` output."""
+    """Return the innermost frame of thread ``thread_id`` in a py-spy dump.
+
+    ``text`` is the output of ``py-spy dump --json``, or the ``.py-spy`` file the
+    watchdog writes from it, whose thread headers carry Python idents as faulthandler's
+    do. ``thread_id`` is a Python ident (``threading.get_ident()``); py-spy's plain text
+    output (0.4) names threads by native id instead, so there only ``None`` (the first
+    thread) finds a frame.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            threads = _SPY_JSON.decode(text)
+        except msgspec.DecodeError:
+            return None
+        for thread in threads:
+            if thread_id is None or thread.thread_id == thread_id:
+                if not thread.frames:
+                    return None
+                top = thread.frames[0]
+                return Frame(top.filename, top.line, top.name)
+        return None
     blocks: list[tuple[int | None, bool, Frame | None]] = []
     for line in text.splitlines():
         header = _SPY_HEADER.match(line)
@@ -105,22 +165,41 @@ class PySpy:
             return self._executable
 
     def dump(self, pid: int, out_path: str, timeout: float) -> threading.Thread | None:
-        """Start ``py-spy dump --pid`` in a background thread writing ``out_path``; None if absent."""
+        """Start ``py-spy dump --json --pid`` in a background thread; None if py-spy is absent.
+
+        When py-spy succeeds, its stacks are written to ``out_path`` (see
+        :func:`_render_py_spy`), the file appearing complete; when it fails, the reason is
+        logged and no file is written.
+        """
         program = self.executable()
         if program is None:
             return None
 
         def run() -> None:
             try:
-                with open(out_path, "wb") as out:
-                    subprocess.run(
-                        [program, "dump", "--pid", str(pid)],
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        timeout=timeout,
-                        check=False,
+                done = subprocess.run(
+                    [program, "dump", "--json", "--pid", str(pid)],
+                    capture_output=True,
+                    timeout=timeout,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    reason = next(
+                        (
+                            line
+                            for line in done.stderr.decode("utf-8", "replace").splitlines()
+                            if line.strip()
+                        ),
+                        f"exit status {done.returncode}",
                     )
-            except (OSError, subprocess.SubprocessError) as exc:
+                    logger.warning("py-spy dump of pid %d failed: %s", pid, reason)
+                    return
+                text = _render_py_spy(_SPY_JSON.decode(done.stdout))
+                partial = out_path + ".partial"
+                with open(partial, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.replace(partial, out_path)
+            except (OSError, subprocess.SubprocessError, msgspec.DecodeError) as exc:
                 logger.warning("py-spy dump of pid %d failed: %s", pid, exc)
 
         thread = threading.Thread(target=run, name=f"py-spy-{pid}", daemon=True)
