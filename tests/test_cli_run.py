@@ -301,10 +301,13 @@ class TestSoftTimeout:
 
 
 class TestPySpy:
-    def test_absent_py_spy_is_reported_once_and_the_kill_goes_on(self, tmp_path):
+    @staticmethod
+    def hung_run_with_py_spy(
+        tmp_path: Path, path: str | None = None
+    ) -> tuple[subprocess.CompletedProcess[str], Reaped]:
+        """Run the hung job with ``--py-spy --stacks``, ``PATH`` set to ``path`` if given."""
         job = script(tmp_path, HUNG_JOB)
-        (tmp_path / "empty").mkdir()
-        env = {**os.environ, "PATH": str(tmp_path / "empty")}
+        env = {**os.environ, "PATH": path} if path is not None else None
         events = tmp_path / "events.jsonl"
         result = watchdog(
             "run",
@@ -319,32 +322,21 @@ class TestPySpy:
             env=env,
         )
         assert result.returncode == 0, result.stderr
-        assert result.stderr.count("py-spy is not installed") == 1
         (reaped,) = [e for e in events_of(events) if isinstance(e, Reaped)]
         assert reaped.frame is not None
         assert reaped.frame.function == "recognizable_hung_function"
+        return result, reaped
+
+    def test_absent_py_spy_is_reported_once_and_the_kill_goes_on(self, tmp_path):
+        (tmp_path / "empty").mkdir()
+        result, _ = self.hung_run_with_py_spy(tmp_path, path=str(tmp_path / "empty"))
+        assert result.stderr.count("py-spy is not installed") == 1
 
     @pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
     def test_py_spy_stacks_are_kept_beside_the_faulthandler_dump(self, tmp_path):
-        job = script(tmp_path, HUNG_JOB)
-        events = tmp_path / "events.jsonl"
-        result = watchdog(
-            "run",
-            "--py-spy",
-            "--stacks",
-            str(tmp_path / "stacks"),
-            "--events",
-            str(events),
-            "--",
-            sys.executable,
-            job,
-        )
-        assert result.returncode == 0, result.stderr
+        result, reaped = self.hung_run_with_py_spy(tmp_path)
         assert "py-spy" not in result.stderr
-        (reaped,) = [e for e in events_of(events) if isinstance(e, Reaped)]
         assert reaped.stack_path is not None
-        assert reaped.frame is not None
-        assert reaped.frame.function == "recognizable_hung_function"
         spy_text = Path(reaped.stack_path + ".py-spy").read_text()
         assert "recognizable_hung_function (" in spy_text
 
