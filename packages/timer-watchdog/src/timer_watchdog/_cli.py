@@ -148,7 +148,7 @@ def _common_options() -> _Parser:
     group.add_argument(
         "--py-spy",
         action="store_true",
-        help="also take the stack with py-spy (works while the worker holds the GIL), "
+        help="also take the stack with py-spy, from outside the worker (no handler needed), "
         "if py-spy is installed; e.g. --stacks ./stacks --py-spy",
     )
     group.add_argument(
