@@ -208,6 +208,22 @@ class TestRealPySpy:
         assert parse_py_spy(text, ident) == reaped.frame
         assert os.listdir(tmp_path) == [os.path.basename(expected)]
 
+    def test_unwritable_dump_path_is_logged_and_leaves_nothing(self, spawn, tmp_path, caplog):
+        caplog.set_level(logging.WARNING, logger="timer_watchdog")
+        child = spawn(HUNG_WORKER)
+        # A directory in the way: the dump is written, then cannot replace it.
+        (tmp_path / "dump.py-spy").mkdir()
+        (tmp_path / "dump.py-spy" / "keep").touch()
+        thread = PySpy().dump(child.pid, str(tmp_path / "dump.py-spy"), timeout=60)
+        assert thread is not None
+        thread.join(90)
+        assert not thread.is_alive()
+        assert os.listdir(tmp_path) == ["dump.py-spy"]
+        failures = [
+            r.getMessage() for r in caplog.records if "py-spy dump of pid" in r.getMessage()
+        ]
+        assert len(failures) == 1
+
     def test_failed_dump_is_logged_and_writes_no_file(self, tmp_path, caplog):
         caplog.set_level(logging.WARNING, logger="timer_watchdog")
         not_python = subprocess.Popen(["sleep", "60"])

@@ -11,6 +11,7 @@ logged once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -196,9 +197,14 @@ class PySpy:
                     return
                 text = _render_py_spy(_SPY_JSON.decode(done.stdout))
                 partial = out_path + ".partial"
-                with open(partial, "w", encoding="utf-8") as out:
-                    out.write(text)
-                os.replace(partial, out_path)
+                try:
+                    with open(partial, "w", encoding="utf-8") as out:
+                        out.write(text)
+                    os.replace(partial, out_path)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(partial)
+                    raise
             except (OSError, subprocess.SubprocessError, msgspec.DecodeError) as exc:
                 logger.warning("py-spy dump of pid %d failed: %s", pid, exc)
 
