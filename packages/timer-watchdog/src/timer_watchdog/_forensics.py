@@ -78,6 +78,13 @@ class _SpyThread(msgspec.Struct):
     owns_gil: bool = False
     frames: list[_SpyFrame] = []
 
+    def innermost(self) -> Frame | None:
+        """Return the thread's innermost Python frame, if it has one."""
+        if not self.frames:
+            return None
+        top = self.frames[0]
+        return Frame(top.filename, top.line, top.name)
+
 
 _SPY_JSON = msgspec.json.Decoder(list[_SpyThread])
 
@@ -115,13 +122,7 @@ def parse_py_spy(text: str, thread_id: int | None) -> Frame | None:
             threads = _SPY_JSON.decode(text)
         except msgspec.DecodeError:
             return None
-        for thread in threads:
-            if thread_id is None or thread.thread_id == thread_id:
-                if not thread.frames:
-                    return None
-                top = thread.frames[0]
-                return Frame(top.filename, top.line, top.name)
-        return None
+        return _pick([(t.thread_id, False, t.innermost()) for t in threads], thread_id)
     blocks: list[tuple[int | None, bool, Frame | None]] = []
     for line in text.splitlines():
         header = _SPY_HEADER.match(line)
