@@ -181,7 +181,7 @@ class TestPidReuse:
         assert os.WIFSIGNALED(result["new_status"]), result  # type: ignore[arg-type]
         assert os.WTERMSIG(result["new_status"]) == signal.SIGKILL, result  # type: ignore[arg-type]
         details = [detail for kind, _, detail in result["events"] if kind == "Exited"]  # type: ignore[attr-defined,union-attr]
-        assert details == ["pid reused by a new worker"], result
+        assert details == ["exited; a new request names its pid"], result
 
 
 #: A worker whose main thread exits (the leader turns zombie) while another thread hangs.
