@@ -114,7 +114,7 @@ def assert_sane(result: object) -> None:
     assert 0 < result.worker_id <= 2**31 - 1
     assert math.isfinite(result.expiration_time)
     assert result.deadline is None or math.isfinite(result.deadline)
-    assert 0 <= result.signal <= 64
+    assert result.signal is None or -(2**31) <= result.signal <= 64
     assert result.version == 1
 
 

@@ -10,7 +10,7 @@ says when to be called again:
    is sent once and the reap ends there (``notified``): the worker was told, not killed.
 3. ``grace`` (only when ``grace > 0`` and the first signal is not SIGKILL): wait for
    the worker to die; when the grace is over, send SIGKILL.
-4. ``confirm``: wait for death (pidfd readable, pid gone or zombie). After
+4. ``confirm``: wait for death (the pidfd readable: every thread has exited). After
    ``kill_timeout`` the worker is reported ``unkillable`` with its /proc state and
    the final signal is sent again; this repeats until it dies or is cleared.
 
