@@ -420,6 +420,7 @@ class TestAdmissionLimits:
         job = subprocess.Popen(
             [sys.executable, "-c", "import subprocess; subprocess.run(['sleep', '60'])"]
         )
+        grandchild = 0
         try:
             h = make_server(start=False, policy=WatchdogPolicy(descendants_of=job.pid))
             grandchild = _wait_for_child_of(job.pid)
@@ -428,6 +429,8 @@ class TestAdmissionLimits:
             assert h.events.of(Rejected) == []
             assert h.server.stats().timers == 1
         finally:
+            if grandchild:
+                os.kill(grandchild, signal.SIGKILL)
             job.kill()
             job.wait(PATIENCE)
 
