@@ -15,7 +15,7 @@ import time
 
 from timer_api import InvalidRequestError, LineDecoder, RequestQueue, TimerRequest
 
-from ._pipe import default_pipe_path, open_pipe, remove_pipe
+from ._pipe import default_pipe_path, make_private_dir, open_pipe, remove_pipe
 
 __all__ = ["FileRequestQueue"]
 
@@ -32,7 +32,7 @@ class FileRequestQueue(RequestQueue):
 
     The pipe is created privately when the queue opens (see :func:`open_pipe`) and
     removed when it closes; ``file_path=None`` picks a path in a new private
-    directory. :meth:`get` waits with ``poll`` on the pipe and on a wake-up pipe
+    directory, which :meth:`close` removes and :meth:`open` makes again. :meth:`get` waits with ``poll`` on the pipe and on a wake-up pipe
     (:meth:`interrupt`), reads big chunks, and decodes them line by line: a line
     that is not a valid request comes back as an :class:`InvalidRequestError` in its
     place, and the requests around it are kept.
@@ -58,6 +58,8 @@ class FileRequestQueue(RequestQueue):
         with self._lock:
             if self._fds is not None:
                 return
+            if self._owns_dir:  # close() removed the private directory with the pipe
+                make_private_dir(os.path.dirname(self._path))
             reader, keepalive, self._stat = open_pipe(self._path)
             wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._fds = (reader, keepalive, wake_r, wake_w)
@@ -113,7 +115,8 @@ class FileRequestQueue(RequestQueue):
                 unread = buf[0]
             except OSError:
                 pass
-        return len(self._pending) + unread // _TYPICAL_REQUEST_BYTES
+        # Rounded up: any unread byte counts, so that ``size() == 0`` means nothing waits.
+        return len(self._pending) + -(-unread // _TYPICAL_REQUEST_BYTES)
 
     def get(self, size: int, timeout: float) -> list[Item]:
         """Return at most ``size`` items; wait at most ``timeout`` seconds for the first.
