@@ -20,7 +20,6 @@ from timer_file import (
     configure_from_env,
 )
 
-
 T = TypeVar("T")
 
 

@@ -87,7 +87,7 @@ class TestCreate:
             assert os.stat(pipe_path).st_ino == before
             server.communicate()
         # Its reader gone, the pipe is stale: it may be replaced.
-        reader, keepalive, st = open_pipe(pipe_path)
+        reader, keepalive, _st = open_pipe(pipe_path)
         _close(reader, keepalive)
 
     def test_servers_starting_together_one_takes_the_pipe(

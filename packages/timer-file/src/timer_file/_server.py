@@ -19,6 +19,11 @@ logger = logging.getLogger("timer_file")
 
 LogEvent = Callable[[str, FileTimerRequest | None], None]
 
+#: Longest wait of one :meth:`FileTimerServer.run_once` round, in seconds.
+_RUN_ONCE_STEP = 0.01
+#: Least time :meth:`FileTimerServer.run_once` gives reaps to be confirmed, in seconds.
+_RUN_ONCE_REAP_LIMIT = 2.0
+
 
 class _ConsultingProcfs(Procfs):
     """Read processes from /proc, and count a worker as exited when ``is_running`` says so.
@@ -116,20 +121,26 @@ class FileTimerServer(WatchdogServer):
             self._log("watchdog stopped", None)
 
     def run_once(self) -> None:
-        """Stop the loop, process every request waiting in the pipe, then remove the pipe.
+        """Stop the loop, process what is waiting in the pipe, then remove the pipe.
 
-        torch's test helper: the loop thread finishes its round and stops, the
-        requests already written are read and registered, expired timers are handled
-        once (in the caller's thread), and the pipe is closed as by :meth:`stop`;
-        ``"watchdog stopped"`` is still logged by :meth:`stop`. :meth:`start` serves
-        again. Requests that keep arriving are read for at most ``max_interval``.
+        torch's test helper, in the caller's thread once the loop thread has finished
+        its round: the requests already written are read and registered (those that
+        keep arriving, for at most ``max_interval``), the workers that exited are
+        dropped, expired timers are handled, and the reaps this starts are given up to
+        ``max(max_interval, 2)`` seconds to be confirmed. The pipe is then closed as by
+        :meth:`stop`, which still logs ``"watchdog stopped"``; :meth:`start` serves again.
         """
         WatchdogServer.stop(self)
         self._draining = True
         try:
-            deadline = time.monotonic() + self._max_interval
+            end = time.monotonic() + self._max_interval
             self._run_watchdog()
-            while self._file_queue.size() and time.monotonic() < deadline:
+            while self._file_queue.size() and time.monotonic() < end:
+                self._run_watchdog()
+            self._next_sweep = 0.0  # the next round checks every worker, as torch's does
+            self._run_watchdog()
+            end = time.monotonic() + max(self._max_interval, _RUN_ONCE_REAP_LIMIT)
+            while self.stats().reaping and time.monotonic() < end:
                 self._run_watchdog()
         finally:
             self._draining = False
@@ -153,7 +164,8 @@ class FileTimerServer(WatchdogServer):
         return self.is_process_running(pid)
 
     def _wait_timeout(self) -> float:
-        return 0.0 if self._draining else super()._wait_timeout()
+        timeout = super()._wait_timeout()
+        return min(timeout, _RUN_ONCE_STEP) if self._draining else timeout
 
     def _run_watchdog(self) -> None:
         super()._run_watchdog()
