@@ -307,6 +307,35 @@ class TestPipeOwnership:
         new = FileTimerServer(pipe_path, "run")
         new.stop()
 
+    def test_pipe_of_a_killed_server_with_forked_children_is_taken_over(
+        self, pipe_path: str
+    ) -> None:
+        # The children inherit the server's descriptors; they must not count as its reader.
+        code = (
+            "import os, sys, time; from timer_file import FileTimerServer; "
+            "FileTimerServer(sys.argv[1]).start(); pid = os.fork(); "
+            "pid or (sys.stdin.read(), os._exit(0)); "
+            "print(pid, flush=True); sys.stdin.read()"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", code, pipe_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as old:
+            assert old.stdout is not None
+            child = int(old.stdout.readline())
+            old.kill()
+            old.wait()
+            try:
+                assert os.path.exists(pipe_path)
+                assert FileTimerServer.is_process_running(child)
+                new = FileTimerServer(pipe_path, "run")
+                new.stop()
+            finally:
+                os.kill(child, signal.SIGKILL)
+                old.communicate()
+
 
 class TestRestart:
     @pytest.mark.parametrize("where", ["default", "given"])
