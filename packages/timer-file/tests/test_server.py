@@ -587,9 +587,18 @@ class TestTorchSurface:
                 fd = os.open(pipe_path, os.O_WRONLY | os.O_NONBLOCK)
                 os.write(fd, encode_json_line(TimerRequest(victim.pid, "s", time.time() + 0.2, 9)))
                 os.close(fd)
-                # Torch's meaning: a worker that is not running has its timers dropped.
-                assert _until(lambda: bool(events.of(Exited)))
-                assert server.stats().timers == 0
+
+                # Torch's meaning: a worker that is not running has its timers dropped
+                # (refused on arrival, or dropped as exited), and is never signalled.
+                def dropped() -> bool:
+                    stats = server.stats()
+                    return (
+                        stats.received == 1
+                        and stats.timers == 0
+                        and bool(stats.rejected or events.of(Exited))
+                    )
+
+                assert _until(dropped)
                 assert server.stats().signalled == 0
             finally:
                 server.stop()
