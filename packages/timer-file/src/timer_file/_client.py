@@ -323,9 +323,10 @@ class FileTimerClient(TimerClient):
                     if armed is not line:
                         self._write(fd, armed)
             if pipe_id != self._pipe_id:
-                pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
                 self._unpin()
-                self._pin = pin
+                # Without /proc the inode goes unpinned; failed requests still replay.
+                with contextlib.suppress(OSError):
+                    self._pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
             raise
