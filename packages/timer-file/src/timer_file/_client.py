@@ -264,18 +264,19 @@ class FileTimerClient(TimerClient):
         with self._lock:
             if not (self._armed or self._unsent) or self._pid != os.getpid():
                 return
-            if (
-                not self._replay_due
-                and not self._unsent
-                and self._pipe_id is not None
-                and self._path_names_pipe()
-                and not self._reader_gone()
-            ):
+            changed = (
+                self._replay_due
+                or self._pipe_id is None
+                or not self._path_names_pipe()
+                or self._reader_gone()
+            )
+            if not changed and not self._unsent:
                 return
-            self._close_fd()
-            self._replay_due = True
+            if changed:
+                self._close_fd()
+                self._replay_due = True
             with contextlib.suppress(OSError):  # no server yet: try again next time
-                fd = self._connect(b"")
+                fd = self._fd if self._fd >= 0 else self._connect(b"")
                 self._write_unsent(fd)
                 if not self._keep:
                     self._close_fd()
