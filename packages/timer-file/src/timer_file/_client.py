@@ -79,8 +79,8 @@ class FileTimerClient(TimerClient):
     background thread does the same while timers are armed, so a restarted server
     knows them. It holds an ``O_PATH`` descriptor on the pipe it wrote to, so that
     a pipe re-created at the path can never get the same inode number. A release
-    that fails is never replayed as an arm; it is sent again with the next request
-    (a server that was only slow still learns it; a new one ignores it). After
+    that fails is never replayed as an arm; it is sent again with the next request or
+    by that thread (a server that was only slow still learns it; a new one ignores it). After
     ``fork()`` the child starts with no pipe and no armed timers of its own.
     """
 
