@@ -131,7 +131,7 @@ def test_processes_holding_timers_after_the_command_exits_are_policed(tmp_path, 
     # The orphan that exited is waited for by `run`, its new parent: no zombie is left.
     wait_for(f"the orphan {quick} to be reaped", lambda: process_stat(quick) is None)
     try:
-        out, err = proc.communicate(timeout=BOUND)
+        _, err = proc.communicate(timeout=BOUND)
     finally:
         if proc.poll() is None:
             proc.kill()
