@@ -23,6 +23,7 @@ from ._events import (
     WatchdogStats,
     encode_event,
 )
+from ._policy import is_terminating
 
 __all__ = ["EventLog", "Expiry", "Outliver", "Summary", "format_summary", "signal_name"]
 
@@ -61,7 +62,9 @@ class Outliver(msgspec.Struct, kw_only=True):
     #: The scopes it held then.
     scope_ids: list[str]
     #: What became of it: ``released`` (its timers), ``exited``, ``reaped`` (killed),
-    #: ``unkillable``, ``signalled`` or ``holding`` (still holding when the watchdog stopped).
+    #: ``unkillable``, ``signalled`` (sent a notice as its last timer expired),
+    #: ``expired`` (its last timer expired, reported only) or ``holding`` (still holding
+    #: when the watchdog stopped).
     outcome: str = "holding"
 
 
@@ -168,22 +171,25 @@ class EventLog:
         if isinstance(event, Armed):
             self._held.setdefault(event.pid, set()).add(event.scope_id)
             return
-        if isinstance(event, Released):
+        if isinstance(event, (Released, Expired)):
+            if isinstance(event, Expired) and is_terminating(event.action):
+                return  # held until the worker is reaped
             held = self._held.get(event.pid)
             if held is None:
                 return
             held.discard(event.scope_id)
             if held:
                 return
-            outcome = "released"
+            if isinstance(event, Released):
+                outcome = "released"
+            else:
+                outcome = "signalled" if event.action else "expired"
         elif isinstance(event, Exited):
             outcome = "exited"
         elif isinstance(event, Reaped):
             outcome = "reaped"
         elif isinstance(event, Unkillable):
             outcome = "unkillable"
-        elif isinstance(event, Signalled) and event.detail == "notify":
-            outcome = "signalled"
         else:
             return
         if outcome != "unkillable":
@@ -298,5 +304,6 @@ _OUTCOMES = {
     "exited": "exited",
     "reaped": "killed",
     "unkillable": "still alive after its final signal",
-    "signalled": "sent a notice",
+    "signalled": "sent a notice as its last timer expired",
+    "expired": "its last timer expired (reported only)",
 }
