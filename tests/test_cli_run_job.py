@@ -437,3 +437,42 @@ def test_second_signal_after_the_command_exited_ends_the_wait(tmp_path, pids_to_
     assert proc.returncode == 0, err
     assert "no longer waiting" in err
     assert "('long'): still holding them when the watchdog stopped" in err
+
+
+def test_job_that_ignores_ctrl_c_and_stops_again_is_killed_by_a_second_one(tmp_path, pids_to_kill):
+    job = script(
+        tmp_path,
+        """
+        import os, signal, sys
+        from pathlib import Path
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        out = Path(sys.argv[1])
+        (out / "pid.tmp").write_text(str(os.getpid()))
+        os.replace(out / "pid.tmp", out / "pid")
+        while True:
+            try:
+                input()  # from the background: stopped by SIGTTIN, every time
+            except EOFError:
+                pass
+        """,
+    )
+    terminal = Terminal([*WATCHDOG, "run", "--", sys.executable, job, str(tmp_path)])
+    try:
+        wait_for("the job to start", (tmp_path / "pid").exists)
+        pid = int((tmp_path / "pid").read_text())
+        pids_to_kill.append(pid)
+        wait_for("run to say the job is stopped", lambda: "stopped by SIGTTIN" in terminal.read())
+        os.write(terminal.master, b"\x03")
+        wait_for("run to say it is stopped again", lambda: "Ctrl-C again" in terminal.read())
+        os.write(terminal.master, b"\x03")
+        end = time.monotonic() + BOUND
+        while terminal.proc.poll() is None and time.monotonic() < end:
+            terminal.read()
+            time.sleep(0.02)
+        text = terminal.read()
+        assert terminal.proc.poll() is not None, f"run ignored the second Ctrl-C:\n{text}"
+        assert terminal.proc.returncode == 128 + signal.SIGKILL, text
+        assert "killing its process group" in text
+        assert not alive(pid)
+    finally:
+        terminal.close()
