@@ -77,8 +77,9 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
         py_spy: also run ``py-spy dump`` on the worker, if py-spy is installed.
         force_signal: apply ``signal`` and ``grace`` to every timer, whatever signal its
             request asks for (observe-only requests included).
-        max_timers_per_worker: most timers one worker may hold; an arm beyond it is
-            rejected (``too_many_timers``), existing timers are never evicted.
+        max_timers_per_worker: most armed timers one worker may hold; an arm of a new
+            scope beyond it is rejected (``too_many_timers``), existing timers are
+            never evicted.
         descendants_of: admit only workers that descend from this pid (walking the
             /proc parent chain on admission); others are rejected (``not_in_job``).
 

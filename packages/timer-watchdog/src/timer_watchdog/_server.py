@@ -288,6 +288,7 @@ class WatchdogServer(TimerServer):
                             forgotten = forgotten or worker is not None
                             worker = self._admit(request, worker, events)
                             checked.add(pid)
+                            last_checked = pid
                         timers = worker.timers
                         if len(timers) >= cap and scope not in timers:
                             raise InvalidRequestError(
