@@ -18,6 +18,7 @@ from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
 from ._cli import CommandError, Options
 from ._handlers import handling
+from ._metrics import Exporter
 from ._server import WatchdogServer
 from ._summary import format_summary
 from ._transports import load
@@ -97,12 +98,14 @@ def run(options: Options) -> int:
     try:
         server = transport.server(max_interval=args.max_interval, policy=options.policy)
         unsubscribe = server.subscribe(options.log)
+        exporter = Exporter(server, path=args.metrics_file)  # issue 18: a batch job's metrics
         env = {**os.environ, **transport.environment()}
         if options.stacks_dir is not None:
             env[STACKS_DIR_ENV] = options.stacks_dir
             env[STACK_SIGNAL_ENV] = str(options.policy.stack_signal)
         forwarder = _Forwarder()
         server.start()
+        exporter.start(options.log.note)
         try:
             with handling(FORWARDED_SIGNALS, forwarder):
                 try:
@@ -120,6 +123,7 @@ def run(options: Options) -> int:
         finally:
             server.stop()
             unsubscribe()
+            exporter.close()
         stats = server.stats()
     finally:
         transport.close()

@@ -1,0 +1,166 @@
+"""Tell systemd how the server is doing, through ``NOTIFY_SOCKET``, with no dependency.
+
+systemd's notify protocol is one ``AF_UNIX`` datagram per message, holding
+newline-separated ``KEY=VALUE`` fields. :class:`Notifier` sends them (and does
+nothing when ``NOTIFY_SOCKET`` is unset); :class:`Supervisor` sends ``WATCHDOG=1``
+every half of ``WATCHDOG_USEC``, only while the engine loop is alive, with a
+``STATUS=`` line of live counts, so that systemd restarts a watchdog whose loop is
+stuck.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+
+from ._metrics import STALL_AFTER, loop_alive
+from ._server import WatchdogServer
+
+__all__ = ["STATUS_INTERVAL", "Notifier", "Supervisor", "status_line"]
+
+logger = logging.getLogger("timer_watchdog")
+
+#: Seconds between two ``STATUS=`` updates when systemd asks for no watchdog pings.
+STATUS_INTERVAL = 5.0
+
+
+class Notifier:
+    """Send notify messages to ``address`` (a path, or ``@name`` in the abstract namespace).
+
+    ``watchdog_usec`` is systemd's ``WATCHDOG_USEC`` (``None``: no watchdog). With no
+    address every method does nothing and returns ``False``.
+    """
+
+    def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
+        self.address = address
+        self.watchdog_usec = watchdog_usec
+        self._target: str | bytes | None = None
+        self._socket: socket.socket | None = None
+        self._failed = False
+        if address and address[0] == "@":
+            self._target = b"\0" + address[1:].encode()
+        elif address and address[0] == "/":
+            self._target = address
+        elif address:
+            logger.warning("NOTIFY_SOCKET=%s is not a socket path; not notifying systemd", address)
+        if self._target is not None:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
+        """Read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        usec: int | None = None
+        text = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        if text.isdigit() and int(text) > 0 and (not pid or pid == str(os.getpid())):
+            usec = int(text)
+        return cls(env.get("NOTIFY_SOCKET") or None, usec)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a socket to notify."""
+        return self._socket is not None
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between two ``WATCHDOG=1`` pings: half of ``WATCHDOG_USEC`` (``None``: none)."""
+        if self.watchdog_usec is None or not self.enabled:
+            return None
+        return self.watchdog_usec / 2_000_000
+
+    def notify(self, *fields: str) -> bool:
+        """Send ``fields`` (``"READY=1"``, ...) as one datagram; return whether it was sent."""
+        if self._socket is None or self._target is None:
+            return False
+        data = "\n".join(field.replace("\n", " ") for field in fields).encode()
+        try:
+            self._socket.sendto(data, self._target)
+        except OSError as exc:
+            if not self._failed:
+                logger.warning("cannot notify systemd at %s: %s", self.address, exc)
+            self._failed = True
+            return False
+        self._failed = False
+        return True
+
+    def close(self) -> None:
+        """Close the socket; later messages are not sent."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def status_line(server: WatchdogServer) -> str:
+    """Return the server's live counts as one short line."""
+    stats = server.stats()
+    return (
+        f"{stats.timers} timers armed, {stats.workers} workers, {stats.expired} expired, "
+        f"{stats.reaped} reaped, {stats.rejected} rejected"
+    )
+
+
+class Supervisor:
+    """Ping systemd's watchdog while ``server``'s loop is alive, and keep ``STATUS=`` current.
+
+    Every tick (half of ``WATCHDOG_USEC``, else :data:`STATUS_INTERVAL`) sends one
+    datagram: ``WATCHDOG=1`` and the counts while the loop is alive, or only a
+    ``STATUS=`` saying why not. The loop counts as stalled when a round has been
+    busy for ``stall_after`` seconds (at most the ping interval, so a stalled loop
+    is never pinged for). ``what`` prefixes the status (``serving /run/x.pipe``).
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        server: WatchdogServer,
+        what: Callable[[], str],
+        stall_after: float = STALL_AFTER,
+    ) -> None:
+        self._notifier = notifier
+        self._server = server
+        self._what = what
+        interval = notifier.watchdog_interval
+        self.interval = interval if interval is not None else STATUS_INTERVAL
+        self.stall_after = min(stall_after, interval) if interval is not None else stall_after
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="timer-watchdog-sdnotify", daemon=True
+        )
+
+    def ready(self) -> None:
+        """Say the server is ready, then keep pinging and updating the status from a thread."""
+        if not self._notifier.enabled:
+            return
+        self._notifier.notify("READY=1", f"STATUS={self._what()}: ready", f"MAINPID={os.getpid()}")
+        self._thread.start()
+
+    def tick(self) -> None:
+        """Send one ping with the counts if the loop is alive, else only the status."""
+        health = loop_alive(self._server, self.stall_after)
+        if not health.alive:
+            # The counts need the server's lock, which a stuck loop may hold.
+            self._notifier.notify(f"STATUS={self._what()}: {health.text}")
+        elif self._notifier.watchdog_interval is not None:
+            self._notifier.notify(
+                "WATCHDOG=1", f"STATUS={self._what()}: {status_line(self._server)}"
+            )
+        else:
+            self._notifier.notify(f"STATUS={self._what()}: {status_line(self._server)}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    def stopping(self, why: str) -> None:
+        """Stop pinging and say the server is stopping, and why; only the first call says it."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            # Bounded: a tick can wait for the lock of a stuck server.
+            self._thread.join(self.interval + 1.0)
+        self._notifier.notify("STOPPING=1", f"STATUS={self._what()}: stopping ({why})")
