@@ -156,7 +156,7 @@ class Supervisor:
             self.tick()
 
     def stopping(self, why: str) -> None:
-        """Stop pinging and say the server is stopping, and why; only the first call says it."""
+        """Stop pinging, say the server is stopping and why, close the socket; once only."""
         if self._stop.is_set():
             return
         self._stop.set()
@@ -164,3 +164,4 @@ class Supervisor:
             # Bounded: a tick can wait for the lock of a stuck server.
             self._thread.join(self.interval + 1.0)
         self._notifier.notify("STOPPING=1", f"STATUS={self._what()}: stopping ({why})")
+        self._notifier.close()
