@@ -46,8 +46,6 @@ class Notifier:
             self._target = address
         elif address:
             logger.warning("NOTIFY_SOCKET=%s is not a socket path; not notifying systemd", address)
-        if self._target is not None:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
@@ -62,8 +60,8 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
-        """Whether there is a socket to notify."""
-        return self._socket is not None
+        """Whether there is a socket to notify (and :meth:`close` was not called)."""
+        return self._target is not None
 
     @property
     def watchdog_interval(self) -> float | None:
@@ -74,8 +72,10 @@ class Notifier:
 
     def notify(self, *fields: str) -> bool:
         """Send ``fields`` (``"READY=1"``, ...) as one datagram; return whether it was sent."""
-        if self._socket is None or self._target is None:
+        if self._target is None:
             return False
+        if self._socket is None:  # opened on first use, so that nothing is held before
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         data = "\n".join(field.replace("\n", " ") for field in fields).encode()
         try:
             self._socket.sendto(data, self._target)
@@ -89,6 +89,7 @@ class Notifier:
 
     def close(self) -> None:
         """Close the socket; later messages are not sent."""
+        self._target = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None

@@ -47,10 +47,16 @@ def serve(options: Options) -> int:
     try:
         server = transport.server(max_interval=args.max_interval, policy=options.policy)
         unsubscribe = server.subscribe(options.log)
-        # Metrics and systemd (issue 18): exported from before the start to after the stop.
-        exporter = Exporter(server, address=args.metrics, path=args.metrics_file)
+        # Metrics and systemd (issue 18): from before the start to after the stop, with
+        # one idea of a stalled loop for /healthz and the watchdog pings.
         supervisor = Supervisor(
             Notifier.from_environment(), server, lambda: f"serving {transport.path}"
+        )
+        exporter = Exporter(
+            server,
+            address=args.metrics,
+            path=args.metrics_file,
+            stall_after=supervisor.stall_after,
         )
 
         def on_stop_signal(signum: int, frame: FrameType | None) -> None:
