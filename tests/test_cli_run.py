@@ -147,7 +147,11 @@ class TestEnvironment:
             "run", "--stacks", str(tmp_path / "s"), "--", sys.executable, "-c", body
         )
         assert plain.stdout.strip() == "None"
-        assert with_stacks.stdout.strip() == str(tmp_path / "s")
+        # The job's own directory inside DIR, removed at the end since no dump was written.
+        job_dir = Path(with_stacks.stdout.strip())
+        assert job_dir.parent == tmp_path / "s"
+        assert job_dir.name.startswith("run-")
+        assert list((tmp_path / "s").iterdir()) == []
 
 
 class TestSignals:
@@ -219,7 +223,8 @@ class TestHungWorker:
     def test_only_the_used_dump_is_left(self, hung_run):
         tmp_path, _ = hung_run
         (reaped,) = [e for e in events_of(tmp_path / "events.jsonl") if isinstance(e, Reaped)]
-        assert [str(p) for p in (tmp_path / "stacks").iterdir()] == [reaped.stack_path]
+        (job_dir,) = (tmp_path / "stacks").iterdir()
+        assert [str(p) for p in job_dir.iterdir()] == [reaped.stack_path]
 
     def test_summary_says_who_was_killed_where(self, hung_run):
         tmp_path, result = hung_run

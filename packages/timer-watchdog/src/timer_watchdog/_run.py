@@ -1,24 +1,27 @@
-"""``timer-watchdog run``: run a job under a private watchdog and report what it did."""
+"""``timer-watchdog run``: run a job under a private watchdog and report what it did.
+
+The steps, in order (each a function below, so that options can hook in between):
+make ``run`` the job's subreaper, create the endpoint and the server (admitting only
+descendants of ``run``), start COMMAND, supervise it until it exits, keep policing
+the job's processes that still hold timers, then stop, clean up and print the summary.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
-from types import FrameType
 
 import msgspec
 
 from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
 from ._cli import CommandError, Options
-from ._handlers import handling
+from ._job import FORWARDED_SIGNALS, Job, become_subreaper, exit_status
 from ._metrics import Exporter
+from ._policy import WatchdogPolicy
 from ._server import WatchdogServer
 from ._summary import format_summary
 from ._transports import load
@@ -27,47 +30,11 @@ __all__ = ["FORWARDED_SIGNALS", "exit_status", "finish_reaps", "run"]
 
 logger = logging.getLogger("timer_watchdog")
 
-#: Signals that ``run`` passes on to the job's process group.
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 #: Seconds between two looks at the reaps still under way when the job has ended.
 DRAIN_STEP = 0.02
 
 #: Exit statuses of a COMMAND that could not be started, as shells use them.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
-
-
-def exit_status(returncode: int) -> int:
-    """Return a shell's exit status for a child's return code: ``128 + N`` for signal N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-class _Forwarder:
-    """Pass SIGINT and SIGTERM on to the job's process group while it runs."""
-
-    def __init__(self) -> None:
-        self.pgid: int | None = None
-        self.pending: list[int] = []
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.pgid is None:
-            self.pending.append(signum)
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, signum)
-
-    def started(self, pgid: int) -> None:
-        self.pgid = pgid
-        for signum in self.pending:
-            self(signum, None)
-        self.pending.clear()
-
-
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``command`` as the leader of a new process group."""
-    if sys.version_info >= (3, 11):
-        return subprocess.Popen(command, env=env, process_group=0)
-    return subprocess.Popen(command, env=env, preexec_fn=os.setpgrp)  # pragma: no cover
 
 
 def finish_reaps(server: WatchdogServer, limit: float) -> None:
@@ -77,49 +44,102 @@ def finish_reaps(server: WatchdogServer, limit: float) -> None:
         time.sleep(DRAIN_STEP)
 
 
-def _remove_unused_dumps(stacks_dir: str) -> None:
-    """Remove the empty dump files of workers that were never asked for their stack."""
-    for path in glob.glob(os.path.join(stacks_dir, "worker-*.stack")):
-        with contextlib.suppress(OSError):
-            if os.path.getsize(path) == 0:
-                os.unlink(path)
+def _job_stacks_dir(stacks_dir: str) -> str:
+    """Create this run's own directory for dumps inside ``--stacks DIR`` (mode 0700)."""
+    try:
+        return tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=stacks_dir)
+    except OSError as exc:
+        raise CommandError(f"cannot use --stacks {stacks_dir}: {exc.strerror}") from None
+
+
+def _remove_unused_dumps(job_dir: str) -> None:
+    """Remove this run's empty dump files (workers never asked for a stack), then its directory.
+
+    Only ``job_dir`` is touched: it was created by this run, so every file in it is
+    one of this job's. The directory stays if a dump was written.
+    """
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(job_dir):
+            if (
+                entry.name.startswith("worker-")
+                and entry.name.endswith(".stack")
+                and entry.is_file(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_size == 0
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(job_dir)
+
+
+def _job_policy(options: Options, stacks_dir: str | None) -> WatchdogPolicy:
+    """Return the policy of this run: the options', limited to this run's descendants."""
+    return msgspec.structs.replace(options.policy, stacks_dir=stacks_dir)
+
+
+def _holding(server: WatchdogServer) -> bool:
+    """Tell whether the server still holds timers, or reaps a worker."""
+    stats = server.stats()
+    return bool(stats.timers or stats.reaping)
+
+
+def _police_outliving(job: Job, server: WatchdogServer, options: Options) -> None:
+    """Keep policing the job's processes that still hold timers once COMMAND has exited."""
+    holders = options.log.command_exited(job.pid)
+    if not _holding(server):
+        return
+    if holders:
+        listed = ", ".join(f"pid {pid}" for pid in holders)
+        options.log.note(
+            f"the command exited (status {job.status}) but {len(holders)} process(es) of "
+            f"the job still hold timers ({listed}); watching them until they release "
+            "them, exit or are killed"
+        )
+    job.signal_also(holders)
+    job.wait(until=lambda: not _holding(server))
 
 
 def run(options: Options) -> int:
     """Run ``options.args.command`` under a watchdog on a private endpoint; return the exit status."""
     args = options.args
     command: list[str] = args.command
+    problem = become_subreaper()
+    if problem is not None:
+        options.log.note(
+            f"cannot adopt the job's orphans ({problem}): a process whose parent exits "
+            "leaves the job, and its requests are rejected as not_in_job"
+        )
     factory = load(args.transport)
     try:
         transport = factory(None)
     except OSError as exc:
         raise CommandError(f"cannot create the {args.transport} endpoint: {exc}") from None
     started = time.monotonic()
+    job_dir = _job_stacks_dir(options.stacks_dir) if options.stacks_dir is not None else None
     try:
-        server = transport.server(max_interval=args.max_interval, policy=options.policy)
+        policy = _job_policy(options, job_dir)
+        server = transport.server(max_interval=args.max_interval, policy=policy)
         unsubscribe = server.subscribe(options.log)
         exporter = Exporter(server, path=args.metrics_file)  # issue 18: a batch job's metrics
         env = {**os.environ, **transport.environment()}
-        if options.stacks_dir is not None:
-            env[STACKS_DIR_ENV] = options.stacks_dir
-            env[STACK_SIGNAL_ENV] = str(options.policy.stack_signal)
-        forwarder = _Forwarder()
+        if job_dir is not None:
+            env[STACKS_DIR_ENV] = job_dir
+            env[STACK_SIGNAL_ENV] = str(policy.stack_signal)
         server.start()
         exporter.start(options.log.note)
         try:
-            with handling(FORWARDED_SIGNALS, forwarder):
+            with Job(command, env, note=options.log.note) as job:
                 try:
-                    proc = _spawn(command, env)
+                    job.start()
                 except FileNotFoundError:
-                    logger.error("%s: command not found", command[0])
-                    return NOT_FOUND
+                    raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
                 except PermissionError:
-                    logger.error("%s: permission denied", command[0])
-                    return NOT_EXECUTABLE
-                forwarder.started(proc.pid)
-                status = exit_status(proc.wait())
-                policy = options.policy
-                finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
+                    raise CommandError(f"{command[0]}: permission denied", NOT_EXECUTABLE) from None
+                job.wait()
+                _police_outliving(job, server, options)
+            assert job.status is not None
+            status = job.status
+            finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
         finally:
             server.stop()
             unsubscribe()
@@ -127,8 +147,8 @@ def run(options: Options) -> int:
         stats = server.stats()
     finally:
         transport.close()
-        if options.stacks_dir is not None:
-            _remove_unused_dumps(options.stacks_dir)
+        if job_dir is not None:
+            _remove_unused_dumps(job_dir)
     summary = options.log.summary(
         stopped="command exited",
         exit_status=status,
