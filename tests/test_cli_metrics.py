@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import textwrap
 import threading
 import time
@@ -265,11 +266,16 @@ class FakeSystemd:
             pytest.fail(f"no notify message in {BOUND}s")
         return dict(line.split("=", 1) for line in data.decode().split("\n"))
 
-    def wait_for(self, key: str, text: str = "", limit: int = 500) -> dict[str, str]:
+    def wait_for(
+        self, key: str, text: str = "", limit: int = 500, busy_for: float = 0.0
+    ) -> dict[str, str]:
+        """Return the first message with ``key`` holding ``text`` (and a round busy that long)."""
         for _ in range(limit):
             message = self.next()
             if key in message and text in message[key]:
-                return message
+                busy = re.search(r"busy for ([0-9.]+)s", message[key])
+                if busy_for == 0.0 or (busy and float(busy[1]) >= busy_for):
+                    return message
         pytest.fail(f"no {key} with {text!r} in {limit} messages")
 
     def close(self) -> None:
@@ -292,6 +298,13 @@ class Drain:
                     return
             except BlockingIOError:
                 continue
+
+
+def unread(fd: int) -> int:
+    """Return how many bytes wait in the pipe ``fd`` reads."""
+    buffer = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buffer)
+    return int.from_bytes(buffer, sys.byteorder)
 
 
 class TestSystemd:
@@ -318,7 +331,10 @@ class TestSystemd:
             assert ping["STATUS"].startswith(f"serving {serve.pipe}: 0 timers armed")
 
             worker = start_worker(tmp_path, serve.pipe, BUSY_WORKER)
-            systemd.wait_for("STATUS", "engine loop stalled")
+            # Once the FIFO is full the next event blocks the loop for good; then a
+            # round busy for twice the stall threshold is that one, not a slow round.
+            wait_until(lambda: unread(reader) >= 4096 - 512, "the events FIFO to fill")
+            systemd.wait_for("STATUS", "engine loop stalled", busy_for=1.0)
             for _ in range(3):  # one datagram a tick, and while stuck none is a ping
                 message = systemd.next()
                 assert "WATCHDOG" not in message, message

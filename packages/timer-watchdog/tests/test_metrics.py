@@ -217,7 +217,7 @@ class TestHTTP:
         http.append(served)
         served.start()
         healthz = served.url.replace("/metrics", "/healthz")
-        assert get(healthz)[0] == 200
+        wait_until(lambda: get(healthz)[0] == 200)
         harness.put(spawn().request(after=60))  # the loop emits its event, and blocks there
         try:
             wait_until(lambda: get(healthz)[0] == 503)

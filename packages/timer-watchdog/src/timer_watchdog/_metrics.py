@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from timer_api import RejectReason
 
@@ -128,12 +128,11 @@ class Histogram:
         family.sample(self.count, suffix="_count")
 
 
-class Health:
+class Health(NamedTuple):
     """Whether the engine loop is alive, and a line that says so (for /healthz and STATUS=)."""
 
-    def __init__(self, alive: bool, text: str) -> None:
-        self.alive = alive
-        self.text = text
+    alive: bool
+    text: str
 
 
 def loop_alive(server: WatchdogServer, stall_after: float = STALL_AFTER) -> Health:
@@ -186,7 +185,7 @@ class Metrics:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Rejected):
-            reason = getattr(event.reason, "value", str(event.reason))
+            reason = event.reason.value
             with self._lock:
                 self._rejected[reason] = self._rejected.get(reason, 0) + 1
         elif isinstance(event, Signalled):
