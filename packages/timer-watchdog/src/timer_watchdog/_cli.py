@@ -272,7 +272,7 @@ def _metrics_options(parser: argparse.ArgumentParser, *, http: bool) -> None:
     group.add_argument(
         "--metrics-file",
         metavar="FILE",
-        help="write the same metrics to FILE every few seconds and at exit, replaced "
+        help="write Prometheus metrics to FILE every few seconds and at exit, replaced "
         "atomically (for node_exporter's textfile collector); "
         "e.g. --metrics-file /var/lib/node_exporter/timer.prom",
     )
