@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -259,3 +261,14 @@ class TestFile:
         port = int(served.url.rsplit(":", 1)[1].split("/")[0])
         with pytest.raises(MetricsError, match=f"cannot serve --metrics 127.0.0.1:{port}"):
             Exporter(harness.server, address=("127.0.0.1", port))
+
+
+def test_the_commands_never_import_prometheus_client():
+    code = (
+        "import sys, timer_watchdog._cli, timer_watchdog._serve, timer_watchdog._run; "
+        "assert 'prometheus_client' not in sys.modules, 'imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE, check=False
+    )
+    assert done.returncode == 0, done.stderr
