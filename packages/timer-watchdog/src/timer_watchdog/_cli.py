@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, NoReturn
 
+from timer_api import check_stack_directory
+
 from .__about__ import __version__
 from ._policy import WatchdogPolicy
 from ._summary import EventLog
@@ -315,6 +317,10 @@ def _stacks_dir(path: str | None) -> str | None:
         raise CommandError(f"cannot use --stacks {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise CommandError(f"cannot use --stacks {path}: not writable")
+    try:
+        check_stack_directory(path)
+    except OSError as exc:
+        raise CommandError(f"cannot use --stacks {path}: {exc}") from None
     return path
 
 

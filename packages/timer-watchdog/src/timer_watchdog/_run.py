@@ -74,7 +74,9 @@ def _remove_unused_dumps(job_dir: str) -> None:
 
 def _job_policy(options: Options, stacks_dir: str | None) -> WatchdogPolicy:
     """Return the policy of this run: the options', limited to this run's descendants."""
-    return msgspec.structs.replace(options.policy, stacks_dir=stacks_dir)
+    return msgspec.structs.replace(
+        options.policy, stacks_dir=stacks_dir, descendants_of=os.getpid()
+    )
 
 
 def _holding(server: WatchdogServer) -> bool:
