@@ -110,9 +110,21 @@ class TestExitStatus:
         assert "timer-watchdog summary: command exited" in result.stderr
 
     def test_missing_command_is_127(self, tmp_path):
-        result = watchdog("run", "--", str(tmp_path / "no-such-program"))
+        program = tmp_path / "no-such-program"
+        result = watchdog("run", "--", str(program))
         assert result.returncode == 127
-        assert "command not found" in result.stderr
+        assert result.stderr == f"timer-watchdog run: error: {program}: command not found\n"
+
+    def test_missing_command_with_json_is_a_json_object(self, tmp_path):
+        program = tmp_path / "no-such-program"
+        result = watchdog("run", "--json", "--", str(program))
+        assert result.returncode == 127
+        assert json.loads(result.stderr) == {
+            "log": "error",
+            "command": "timer-watchdog run",
+            "message": f"{program}: command not found",
+            "exit_status": 127,
+        }
 
 
 class TestEnvironment:
@@ -369,7 +381,28 @@ class TestBadArguments:
         result = watchdog(*args)
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert "error:" in result.stderr
+        # Spelled one way: the command's name, the subcommand's if there is one.
+        prog = f"timer-watchdog {args[0]}" if args[:1] in (["run"], ["serve"]) else "timer-watchdog"
+        assert result.stderr.startswith(f"{prog}: error: "), result.stderr
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["run", "--json"],
+            ["run", "--json", "--grace", "soon", "--", "true"],
+            ["run", "--json", "--transport", "carrier-pigeon", "--", "true"],
+            ["run", "--json", "--stacks", "/dev/null/stacks", "--", "true"],
+            ["serve", "--json"],
+            ["--json", "--bogus"],
+        ],
+    )
+    def test_with_json_one_json_object_and_status_2(self, args):
+        result = watchdog(*args)
+        assert result.returncode == 2, result.stderr
+        error = json.loads(result.stderr)
+        assert error["log"] == "error"
+        assert error["exit_status"] == 2
+        assert error["message"]
 
     def test_serve_refuses_a_regular_file(self, tmp_path):
         path = tmp_path / "not-a-pipe"
