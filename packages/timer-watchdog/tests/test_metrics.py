@@ -165,7 +165,9 @@ class TestMetrics:
         metrics = Metrics(harness.server)
         before = parse(metrics.render())
         child = spawn()
-        harness.put(child.request(after=0.05), InvalidRequestError(RejectReason.MALFORMED, "x"))
+        harness.put(
+            child.request(after=0.05, signal=9), InvalidRequestError(RejectReason.MALFORMED, "x")
+        )
         harness.events.wait_for(Reaped, child.pid)
         assert child.wait() == -9
         after = parse(metrics.render())
