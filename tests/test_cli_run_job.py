@@ -251,7 +251,7 @@ def test_signal_is_forwarded_and_the_summary_printed(tmp_path, signum):
     assert not os.path.exists(os.path.dirname(pipe))
 
 
-def test_supervision_goes_on_after_a_hangup(tmp_path):
+def test_supervision_goes_on_after_a_hangup(tmp_path, pids_to_kill):
     job = script(
         tmp_path,
         """
@@ -264,7 +264,8 @@ def test_supervision_goes_on_after_a_hangup(tmp_path):
         hung_up = []
         signal.signal(signal.SIGHUP, lambda signum, frame: hung_up.append(signum))
         configure_from_env()
-        (out / "ready").touch()
+        (out / "ready.tmp").write_text(str(os.getpid()))
+        os.replace(out / "ready.tmp", out / "ready")
         end = time.monotonic() + 60
         while not hung_up and time.monotonic() < end:
             time.sleep(0.02)
@@ -286,6 +287,7 @@ def test_supervision_goes_on_after_a_hangup(tmp_path):
     )
     try:
         wait_for("the job to be ready", (tmp_path / "ready").exists)
+        pids_to_kill.append(int((tmp_path / "ready").read_text()))
         proc.send_signal(signal.SIGHUP)
         out, err = proc.communicate(timeout=BOUND)
     finally:
@@ -374,3 +376,56 @@ def test_job_stopped_by_sigttin_is_reported_and_ctrl_c_ends_it(tmp_path, pids_to
         assert not alive(pid)
     finally:
         terminal.close()
+
+
+STUBBORN_BACKGROUND_JOB = """
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+
+    out = Path(sys.argv[1])
+    if len(sys.argv) == 2:
+        worker = subprocess.Popen([sys.executable, __file__, sys.argv[1], "worker"])
+        end = time.monotonic() + 60
+        while not (out / "armed").exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        sys.exit(0)
+
+    from timer_api import expires
+    from timer_file import configure_from_env
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: (out / "got-sigterm").touch())
+    configure_from_env()
+    with expires(after=120, scope="long"):
+        (out / "armed.tmp").write_text(str(os.getpid()))
+        os.replace(out / "armed.tmp", out / "armed")
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            time.sleep(0.05)
+"""
+
+
+def test_second_signal_after_the_command_exited_ends_the_wait(tmp_path, pids_to_kill):
+    job = script(tmp_path, STUBBORN_BACKGROUND_JOB)
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err_file:
+        proc = subprocess.Popen(
+            [*WATCHDOG, "run", "--", sys.executable, job, str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
+    try:
+        wait_for("the worker to arm its timer", (tmp_path / "armed").exists)
+        pids_to_kill.append(int((tmp_path / "armed").read_text()))
+        wait_for("run to say it waits for the worker", lambda: "still hold" in stderr.read_text())
+        proc.send_signal(signal.SIGTERM)
+        wait_for("the worker to get SIGTERM", (tmp_path / "got-sigterm").exists)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = stderr.read_text()
+    assert proc.returncode == 0, err
+    assert "no longer waiting" in err
+    assert "('long'): still holding them when the watchdog stopped" in err

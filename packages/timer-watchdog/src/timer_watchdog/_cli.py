@@ -41,7 +41,10 @@ run '{PROG} run --help' or '{PROG} serve --help' for the options of each."""
 _RUN_EPILOG = f"""\
 COMMAND runs in its own process group with TORCHELASTIC_TIMER_FILE and
 TIMER_WATCHDOG_PIPE naming a private pipe; any process it starts, at any depth,
-can arm timers there. SIGINT and SIGTERM are passed on to COMMAND's group.
+can arm timers there; only those processes (COMMAND's descendants, orphans
+included) can be signalled. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to
+COMMAND's group. Processes of the job still holding timers when COMMAND exits
+are policed until they release them, exit or are killed.
 Exit status: COMMAND's (128 + N if a signal N ended it), 2 for bad arguments,
 127 if COMMAND cannot be found, 126 if it cannot be run.
 
@@ -175,8 +178,9 @@ def _common_options(as_json: bool) -> _Parser:
     group.add_argument(
         "--stacks",
         metavar="DIR",
-        help="dump a hung worker's Python stacks into DIR before the kill; workers started "
-        "under 'run' need no code change; e.g. --stacks ./stacks",
+        help="dump a hung worker's Python stacks into DIR before the kill ('run' uses a "
+        "directory of its own inside DIR); workers started under 'run' need no code "
+        "change; e.g. --stacks ./stacks",
     )
     group.add_argument(
         "--py-spy",

@@ -129,6 +129,8 @@ class Job:
         self._woken = False
         #: Processes outside the job's group to pass signals on to: ``pid -> start time``.
         self._also: dict[int, int] = {}
+        #: Signals received since COMMAND exited: a second one stops the wait.
+        self._after_exit = 0
         self._handlers: contextlib.ExitStack | None = None
 
     @property
@@ -167,13 +169,19 @@ class Job:
                 self._also[pid] = start_time
 
     def wait(self, until: Callable[[], bool] | None = None) -> None:
-        """Supervise until COMMAND has exited and ``until()`` is true (default: no more)."""
+        """Supervise until COMMAND has exited and ``until()`` is true (default: no more).
+
+        Once COMMAND has exited, a second signal received ends the wait, ``until`` or not.
+        """
         while True:
             self._wake.clear()
             self._pass_on()
             self._check_command()
             self._reap_orphans()
             if self.status is not None and (until is None or until()):
+                return
+            if self._after_exit >= 2:
+                self._note("a second signal since the command exited: no longer waiting")
                 return
             self._wake.wait(POLL_INTERVAL)
 
@@ -183,6 +191,8 @@ class Job:
         """Send each signal received to the job; wake it up first if it is stopped."""
         while self._received:
             signum = self._received.pop(0)
+            if self.status is not None:
+                self._after_exit += 1
             if self.status is None and self._stopped_by is not None and self._woken:
                 self._note(
                     f"{signal_name(signum)} received while the job is stopped again "
