@@ -133,8 +133,10 @@ class TestSupervisor:
                 assert "engine loop stalled" in message["STATUS"]
         finally:
             release.set()
-        ping = systemd.wait_for(lambda m: "WATCHDOG" in m, "WATCHDOG=1 after the loop resumed")
-        assert "1 timers armed, 1 workers" in ping["STATUS"]
+        systemd.wait_for(
+            lambda m: "WATCHDOG" in m and "1 timers armed, 1 workers" in m["STATUS"],
+            "WATCHDOG=1 with the new counts after the loop resumed",
+        )
         supervisor.stopping("SIGTERM")
         stopping = systemd.wait_for(lambda m: "STOPPING" in m, "STOPPING=1")
         assert stopping == {"STOPPING": "1", "STATUS": "serving test: stopping (SIGTERM)"}
@@ -145,6 +147,7 @@ class TestSupervisor:
         harness = make_server()
         notifier = Notifier(systemd.address)
         supervisor = Supervisor(notifier, harness.server, lambda: "x")
+        supervisor.refresh()
         supervisor.tick()
         message = systemd.next()
         assert message == {

@@ -55,6 +55,8 @@ LATENESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 STALL_AFTER = 10.0
 #: Seconds between two writes of a metrics file.
 FILE_INTERVAL = 5.0
+#: Longest wait at exit for a metrics file write under way.
+STUCK_WRITE = 5.0
 
 _PREFIX = "timer_watchdog_"
 
@@ -418,10 +420,13 @@ class MetricsFile:
             self._failing = False
 
     def close(self) -> None:
-        """Stop the thread and write the file one last time."""
+        """Stop the thread and write the file one last time (unless a write is stuck)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(STUCK_WRITE)
+            if self._thread.is_alive():  # waiting for a server whose loop is stuck
+                logger.warning("metrics file %s not written at exit: server stuck", self.path)
+                return
         self._write_logged()
 
 

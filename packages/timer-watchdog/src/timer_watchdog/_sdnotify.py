@@ -112,6 +112,10 @@ class Supervisor:
     ``STATUS=`` saying why not. The loop counts as stalled when a round has been
     busy for ``stall_after`` seconds (at most the ping interval, so a stalled loop
     is never pinged for). ``what`` prefixes the status (``serving /run/x.pipe``).
+
+    The ticks never wait for the server: the counts come from a second thread
+    (:meth:`refresh`), since ``server.stats()`` waits while an event is delivered
+    and a stuck subscriber would hold it forever; a tick sends the latest counts.
     """
 
     def __init__(
@@ -127,42 +131,50 @@ class Supervisor:
         interval = notifier.watchdog_interval
         self.interval = interval if interval is not None else STATUS_INTERVAL
         self.stall_after = min(stall_after, interval) if interval is not None else stall_after
+        self._counts = "starting"
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name="timer-watchdog-sdnotify", daemon=True
-        )
+        self._threads = [
+            threading.Thread(target=self._loop, args=(step,), name=name, daemon=True)
+            for step, name in (
+                (self.tick, "timer-watchdog-sdnotify"),
+                (self.refresh, "timer-watchdog-sdnotify-counts"),
+            )
+        ]
 
     def ready(self) -> None:
-        """Say the server is ready, then keep pinging and updating the status from a thread."""
+        """Say the server is ready, then keep pinging and updating the status from threads."""
         if not self._notifier.enabled:
             return
+        self.refresh()
         self._notifier.notify("READY=1", f"STATUS={self._what()}: ready", f"MAINPID={os.getpid()}")
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
+
+    def refresh(self) -> None:
+        """Read the server's counts for the next ticks (waits for the server)."""
+        self._counts = status_line(self._server)
 
     def tick(self) -> None:
-        """Send one ping with the counts if the loop is alive, else only the status."""
+        """Send one ping with the latest counts if the loop is alive, else only the status."""
         health = loop_alive(self._server, self.stall_after)
         if not health.alive:
-            # The counts need the server's lock, which a stuck loop may hold.
             self._notifier.notify(f"STATUS={self._what()}: {health.text}")
         elif self._notifier.watchdog_interval is not None:
-            self._notifier.notify(
-                "WATCHDOG=1", f"STATUS={self._what()}: {status_line(self._server)}"
-            )
+            self._notifier.notify("WATCHDOG=1", f"STATUS={self._what()}: {self._counts}")
         else:
-            self._notifier.notify(f"STATUS={self._what()}: {status_line(self._server)}")
+            self._notifier.notify(f"STATUS={self._what()}: {self._counts}")
 
-    def _loop(self) -> None:
+    def _loop(self, step: Callable[[], None]) -> None:
         while not self._stop.wait(self.interval):
-            self.tick()
+            step()
 
     def stopping(self, why: str) -> None:
         """Stop pinging, say the server is stopping and why, close the socket; once only."""
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._thread.is_alive():
-            # Bounded: a tick can wait for the lock of a stuck server.
-            self._thread.join(self.interval + 1.0)
+        ticker = self._threads[0]
+        if ticker.is_alive():
+            ticker.join()  # a tick never waits for the server
         self._notifier.notify("STOPPING=1", f"STATUS={self._what()}: stopping ({why})")
         self._notifier.close()
