@@ -159,6 +159,7 @@ class TestMetrics:
             )
         assert value(samples, "timer_watchdog_signals_sent_total", signal="SIGKILL") == 0
         assert value(samples, "timer_watchdog_loop_running") == 1
+        assert value(samples, "timer_watchdog_clock_skew_total") == 0
 
     def test_counters_move_after_a_real_reap(self, make_server, spawn):
         harness = make_server()

@@ -260,6 +260,11 @@ class Metrics:
         family(
             "exited_workers_total", "counter", "Workers found gone while holding timers."
         ).sample(stats.exited)
+        family(
+            "clock_skew_total",
+            "counter",
+            "Requests whose monotonic deadline disagreed with their wall-clock expiration.",
+        ).sample(stats.clock_skew)
         family("loop_iterations_total", "counter", "Completed rounds of the engine loop.").sample(
             stats.loops
         )
