@@ -15,8 +15,15 @@ nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: py-spy lets the tests take real py-spy dumps (the watchdog's ``--py-spy``); tests
-#: that need it skip where it is not installed.
-TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "py-spy>=0.3.14"]
+#: that need it skip where it is not installed. prometheus_client's parser reads the
+#: metrics the watchdog renders itself (no package depends on it at run time).
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "py-spy>=0.3.14",
+    "prometheus_client>=0.20",
+]
 
 #: Each package and the sibling packages it declares, in install order.
 PACKAGES: dict[str, list[str]] = {

@@ -232,6 +232,7 @@ def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
         epilog=_RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _metrics_options(run, http=False)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the job to run, after '--'")
     serve = commands.add_parser(
         "serve",
@@ -249,7 +250,38 @@ def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
         help="the pipe to create and serve; its directory must exist; "
         "e.g. --path /run/train/timer.pipe",
     )
+    _metrics_options(serve, http=True)
     return parser
+
+
+def _address(text: str) -> tuple[str, int]:
+    from ._metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _metrics_options(parser: argparse.ArgumentParser, *, http: bool) -> None:
+    """Add the Prometheus metrics options (``--metrics`` only where ``http``)."""
+    group = parser.add_argument_group("metrics options")
+    if http:
+        group.add_argument(
+            "--metrics",
+            type=_address,
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics, and /healthz "
+            "(200 while the engine loop is alive, else 503); port 0 picks a free one; "
+            "e.g. --metrics 127.0.0.1:9464",
+        )
+    group.add_argument(
+        "--metrics-file",
+        metavar="FILE",
+        help="write Prometheus metrics to FILE every few seconds and at exit, replaced "
+        "atomically (for node_exporter's textfile collector); "
+        "e.g. --metrics-file /var/lib/node_exporter/timer.prom",
+    )
 
 
 class Options:
@@ -360,6 +392,7 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return its exit status."""
+    from ._metrics import MetricsError
     from ._run import run
     from ._serve import serve
 
@@ -389,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(options) if args.command_name == "run" else serve(options)
         except CommandError as exc:
             fail(prog, str(exc), exc.status, as_json=as_json)
-        except TransportError as exc:
+        except (TransportError, MetricsError) as exc:
             fail(prog, str(exc), USAGE_ERROR, as_json=as_json)
         finally:
             options.close()

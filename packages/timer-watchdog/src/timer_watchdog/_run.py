@@ -20,6 +20,7 @@ from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
 from ._cli import CommandError, Options
 from ._job import FORWARDED_SIGNALS, Job, become_subreaper, exit_status
+from ._metrics import Exporter
 from ._policy import WatchdogPolicy
 from ._server import WatchdogServer
 from ._summary import format_summary
@@ -144,11 +145,13 @@ def run(options: Options) -> int:
         policy = _job_policy(options, job_dir)
         server = transport.server(max_interval=args.max_interval, policy=policy)
         unsubscribe = server.subscribe(options.log)
+        exporter = Exporter(server, path=args.metrics_file)  # issue 18: a batch job's metrics
         env = {**os.environ, **transport.environment()}
         if job_dir is not None:
             env[STACKS_DIR_ENV] = job_dir
             env[STACK_SIGNAL_ENV] = str(policy.stack_signal)
         server.start()
+        exporter.start(options.log.note)
         try:
             with Job(command, env, note=options.log.note) as job:
                 try:
@@ -165,6 +168,7 @@ def run(options: Options) -> int:
         finally:
             server.stop()
             unsubscribe()
+            exporter.close()
         stats = server.stats()
     finally:
         transport.close()

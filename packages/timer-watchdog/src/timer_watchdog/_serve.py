@@ -12,7 +12,9 @@ import msgspec
 
 from ._cli import CommandError, Options
 from ._handlers import handling
+from ._metrics import Exporter
 from ._run import finish_reaps
+from ._sdnotify import Notifier, Supervisor
 from ._summary import format_summary, signal_name
 from ._transports import load
 
@@ -45,6 +47,17 @@ def serve(options: Options) -> int:
     try:
         server = transport.server(max_interval=args.max_interval, policy=options.policy)
         unsubscribe = server.subscribe(options.log)
+        # Metrics and systemd (issue 18): from before the start to after the stop, with
+        # one idea of a stalled loop for /healthz and the watchdog pings.
+        supervisor = Supervisor(
+            Notifier.from_environment(), server, lambda: f"serving {transport.path}"
+        )
+        exporter = Exporter(
+            server,
+            address=args.metrics,
+            path=args.metrics_file,
+            stall_after=supervisor.stall_after,
+        )
 
         def on_stop_signal(signum: int, frame: FrameType | None) -> None:
             received.append(signum)
@@ -52,16 +65,21 @@ def serve(options: Options) -> int:
 
         with handling(STOP_SIGNALS, on_stop_signal):
             server.start()
+            exporter.start(options.log.note)
             options.log.note(f"serving {transport.path} (pid {os.getpid()}); stop with SIGTERM")
+            supervisor.ready()
             try:
                 while not stop.wait(CHECK_INTERVAL):
                     problem = transport.problem()
                     if problem is not None:
                         break
+                supervisor.stopping(problem or signal_name(received[0]))
                 finish_reaps(server, STOP_DRAIN)
             finally:
+                supervisor.stopping("error")  # does nothing when STOPPING=1 was sent above
                 server.stop()
                 unsubscribe()
+                exporter.close()
         stats = server.stats()
     finally:
         transport.close()
