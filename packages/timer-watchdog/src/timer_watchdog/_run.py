@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from types import FrameType
 
 import msgspec
@@ -18,8 +20,9 @@ from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
 from ._cli import CommandError, Options
 from ._handlers import handling
+from ._progress import Watch, progress_options, stall_requests
 from ._server import WatchdogServer
-from ._summary import format_summary
+from ._summary import EventLog, format_summary
 from ._transports import load
 
 __all__ = ["FORWARDED_SIGNALS", "exit_status", "finish_reaps", "run"]
@@ -62,11 +65,24 @@ class _Forwarder:
         self.pending.clear()
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``command`` as the leader of a new process group."""
+def _spawn(
+    command: list[str], env: dict[str, str], streams: Mapping[str, int]
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` as the leader of a new process group (``streams``: its stdout/stderr)."""
+    stdout, stderr = streams.get("stdout"), streams.get("stderr")
     if sys.version_info >= (3, 11):
-        return subprocess.Popen(command, env=env, process_group=0)
-    return subprocess.Popen(command, env=env, preexec_fn=os.setpgrp)  # pragma: no cover
+        return subprocess.Popen(command, env=env, process_group=0, stdout=stdout, stderr=stderr)
+    return subprocess.Popen(  # pragma: no cover
+        command, env=env, preexec_fn=os.setpgrp, stdout=stdout, stderr=stderr
+    )
+
+
+def _stop_stalled(log: EventLog, server: WatchdogServer, leader: int, message: str) -> None:
+    """Expire a ``stall`` timer of every process of the job now: the engine reaps them all."""
+    log.note(f"{message}; stopping the job")
+    server.register_timers(stall_requests(leader))
+    # The loop may be waiting for up to max_interval: wake it to reap at once.
+    server._request_queue.interrupt()
 
 
 def finish_reaps(server: WatchdogServer, limit: float) -> None:
@@ -88,6 +104,10 @@ def run(options: Options) -> int:
     """Run ``options.args.command`` under a watchdog on a private endpoint; return the exit status."""
     args = options.args
     command: list[str] = args.command
+    try:
+        liveness = progress_options(args)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     factory = load(args.transport)
     try:
         transport = factory(None)
@@ -102,19 +122,26 @@ def run(options: Options) -> int:
             env[STACKS_DIR_ENV] = options.stacks_dir
             env[STACK_SIGNAL_ENV] = str(options.policy.stack_signal)
         forwarder = _Forwarder()
+        watch = None if liveness is None else Watch(liveness)
         server.start()
         try:
             with handling(FORWARDED_SIGNALS, forwarder):
                 try:
-                    proc = _spawn(command, env)
-                except FileNotFoundError:
-                    logger.error("%s: command not found", command[0])
-                    return NOT_FOUND
-                except PermissionError:
-                    logger.error("%s: permission denied", command[0])
-                    return NOT_EXECUTABLE
-                forwarder.started(proc.pid)
-                status = exit_status(proc.wait())
+                    try:
+                        proc = _spawn(command, env, watch.child_streams() if watch else {})
+                    except FileNotFoundError:
+                        logger.error("%s: command not found", command[0])
+                        return NOT_FOUND
+                    except PermissionError:
+                        logger.error("%s: permission denied", command[0])
+                        return NOT_EXECUTABLE
+                    forwarder.started(proc.pid)
+                    if watch is not None:
+                        watch.start(functools.partial(_stop_stalled, options.log, server, proc.pid))
+                    status = exit_status(proc.wait())
+                finally:
+                    if watch is not None:
+                        watch.finish()
                 policy = options.policy
                 finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
         finally:
@@ -130,6 +157,7 @@ def run(options: Options) -> int:
         exit_status=status,
         seconds=time.monotonic() - started,
         stats=stats,
+        stalled=None if watch is None else watch.stalled,
     )
     if args.json:
         options.log.write(msgspec.json.encode(summary).decode())

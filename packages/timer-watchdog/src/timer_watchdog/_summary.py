@@ -66,6 +66,8 @@ class Summary(msgspec.Struct, kw_only=True):
     workers: int
     stats: WatchdogStats
     expiries: list[Expiry]
+    #: Why ``run --progress/--heartbeat`` stopped the job, if it stalled.
+    stalled: str | None = None
 
 
 _QUIET = (Armed, Released)
@@ -139,7 +141,13 @@ class EventLog:
                 expiry.frame = event.frame
 
     def summary(
-        self, *, stopped: str, exit_status: int, seconds: float, stats: WatchdogStats
+        self,
+        *,
+        stopped: str,
+        exit_status: int,
+        seconds: float,
+        stats: WatchdogStats,
+        stalled: str | None = None,
     ) -> Summary:
         """Return the summary of everything recorded so far."""
         with self._lock:
@@ -150,6 +158,7 @@ class EventLog:
                 workers=len(self._workers),
                 stats=stats,
                 expiries=[msgspec.structs.replace(e) for e in self._expiries.values()],
+                stalled=stalled,
             )
 
 
@@ -209,6 +218,8 @@ def format_summary(summary: Summary) -> str:
         f"  workers seen: {summary.workers}, timers armed: {stats.armed}, "
         f"expired: {stats.expired}, rejected requests: {stats.rejected}",
     ]
+    if summary.stalled is not None:
+        lines.append(f"  {summary.stalled}")
     if not summary.expiries:
         lines.append("  no timer expired")
     for expiry in summary.expiries:
