@@ -250,12 +250,15 @@ class OutputPump:
                         continue
                     quiet_since = None
                     if not self._pass(stream, buffer, view):
+                        # Closed at once: a job still writing there sees EPIPE, as bare.
                         selector.unregister(stream.source)
+                        os.close(stream.source)
+                        stream.source = -1
                         open_streams -= 1
         finally:
             selector.close()
             for stream in self._streams:
-                with contextlib.suppress(OSError):
+                if stream.source >= 0:
                     os.close(stream.source)
 
     def _pass(self, stream: _Stream, buffer: bytearray, view: memoryview) -> bool:
@@ -339,7 +342,10 @@ class Liveness:
         self._regex = regex
         self._heartbeat = heartbeat
         self._on_stall: Callable[[str], None] = lambda message: None
-        self._stop = threading.Event()
+        self._stopping = False
+        #: Set to wake the clock: on stop, and on the first progress (which may bring
+        #: the deadline forward, from ``startup`` to ``stall``).
+        self._wake = threading.Event()
         self._started = 0.0
         #: (monotonic, wall-clock, what) of the last progress.
         self._last: tuple[float, float, str] | None = None
@@ -355,13 +361,17 @@ class Liveness:
 
     def stop(self) -> None:
         """Stop the clock (the job has ended); no stall is reported after this returns."""
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
         if self._thread.ident is not None:
             self._thread.join()
 
     def progress(self, line: bytes) -> None:
         """Record a progress line, seen now."""
+        first = self._last is None
         self._last = (time.monotonic(), time.time(), _quote(line))
+        if first:
+            self._wake.set()
 
     def _read_mtime(self) -> int | None:
         if self._heartbeat is None:
@@ -394,9 +404,11 @@ class Liveness:
             wait = self._deadline() - time.monotonic()
             if wait <= 0:
                 break
-            if self._stop.wait(min(wait, poll)):
+            self._wake.wait(min(wait, poll))
+            self._wake.clear()
+            if self._stopping:
                 return
-        if self._stop.is_set():
+        if self._stopping:
             return
         self.stalled = self.describe()
         self._on_stall(self.stalled)
