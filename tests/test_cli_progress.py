@@ -62,6 +62,7 @@ class TestStall:
         assert STALLED.search(err), err
         # The live line, then the sh and its background sleep killed as expired timers.
         assert "; stopping the job\n" in err
+        assert "still holding timers" not in err  # the stall's timers are no outlivers
         assert len(re.findall(r"pid \d+: killed with SIGKILL, .* of 'stall'", err)) >= 2, err
 
     def test_the_policy_signal_applies(self):

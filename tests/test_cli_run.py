@@ -110,9 +110,21 @@ class TestExitStatus:
         assert "timer-watchdog summary: command exited" in result.stderr
 
     def test_missing_command_is_127(self, tmp_path):
-        result = watchdog("run", "--", str(tmp_path / "no-such-program"))
+        program = tmp_path / "no-such-program"
+        result = watchdog("run", "--", str(program))
         assert result.returncode == 127
-        assert "command not found" in result.stderr
+        assert result.stderr == f"timer-watchdog run: error: {program}: command not found\n"
+
+    def test_missing_command_with_json_is_a_json_object(self, tmp_path):
+        program = tmp_path / "no-such-program"
+        result = watchdog("run", "--json", "--", str(program))
+        assert result.returncode == 127
+        assert json.loads(result.stderr) == {
+            "log": "error",
+            "command": "timer-watchdog run",
+            "message": f"{program}: command not found",
+            "exit_status": 127,
+        }
 
 
 class TestEnvironment:
@@ -147,7 +159,11 @@ class TestEnvironment:
             "run", "--stacks", str(tmp_path / "s"), "--", sys.executable, "-c", body
         )
         assert plain.stdout.strip() == "None"
-        assert with_stacks.stdout.strip() == str(tmp_path / "s")
+        # The job's own directory inside DIR, removed at the end since no dump was written.
+        job_dir = Path(with_stacks.stdout.strip())
+        assert job_dir.parent == tmp_path / "s"
+        assert job_dir.name.startswith("run-")
+        assert list((tmp_path / "s").iterdir()) == []
 
 
 class TestSignals:
@@ -219,7 +235,8 @@ class TestHungWorker:
     def test_only_the_used_dump_is_left(self, hung_run):
         tmp_path, _ = hung_run
         (reaped,) = [e for e in events_of(tmp_path / "events.jsonl") if isinstance(e, Reaped)]
-        assert [str(p) for p in (tmp_path / "stacks").iterdir()] == [reaped.stack_path]
+        (job_dir,) = (tmp_path / "stacks").iterdir()
+        assert [str(p) for p in job_dir.iterdir()] == [reaped.stack_path]
 
     def test_summary_says_who_was_killed_where(self, hung_run):
         tmp_path, result = hung_run
@@ -364,7 +381,28 @@ class TestBadArguments:
         result = watchdog(*args)
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert "error:" in result.stderr
+        # Spelled one way: the command's name, the subcommand's if there is one.
+        prog = f"timer-watchdog {args[0]}" if args[:1] in (["run"], ["serve"]) else "timer-watchdog"
+        assert result.stderr.startswith(f"{prog}: error: "), result.stderr
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["run", "--json"],
+            ["run", "--json", "--grace", "soon", "--", "true"],
+            ["run", "--json", "--transport", "carrier-pigeon", "--", "true"],
+            ["run", "--json", "--stacks", "/dev/null/stacks", "--", "true"],
+            ["serve", "--json"],
+            ["--json", "--bogus"],
+        ],
+    )
+    def test_with_json_one_json_object_and_status_2(self, args):
+        result = watchdog(*args)
+        assert result.returncode == 2, result.stderr
+        error = json.loads(result.stderr)
+        assert error["log"] == "error"
+        assert error["exit_status"] == 2
+        assert error["message"]
 
     def test_serve_refuses_a_regular_file(self, tmp_path):
         path = tmp_path / "not-a-pipe"

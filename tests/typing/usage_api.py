@@ -87,6 +87,7 @@ def use() -> None:
     if start is not None:
         path: str = timer_api.stack_dump_path("/tmp", os.getpid(), start)
         assert path
+    timer_api.check_stack_directory("/tmp")  # raises PermissionError if unsafe
     with expires(after=1.0):
         pass
     with expires(after=1.0, scope="named", client=NullClient()):

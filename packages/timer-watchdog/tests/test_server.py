@@ -18,6 +18,7 @@ from timer_watchdog import (
     Armed,
     Exited,
     Expired,
+    LoopHealth,
     Reaped,
     Rejected,
     Released,
@@ -385,6 +386,72 @@ class TestRobustness:
         unsubscribe()
         h.server.register_timers([child.request("b", after=60)])
         assert [e.scope_id for e in seen] == ["a"]
+
+
+class TestAdmissionLimits:
+    def test_timers_beyond_the_cap_are_rejected_and_none_evicted(self, make_server, spawn):
+        h = make_server(start=False, policy=WatchdogPolicy(max_timers_per_worker=3))
+        child = spawn()
+        h.server.register_timers([child.request(f"s{i}", after=60) for i in range(5)])
+        assert [e.reason for e in h.events.of(Rejected)] == [RejectReason.TOO_MANY_TIMERS] * 2
+        h.server.register_timers([child.request("s0", after=30)])  # a re-arm is not a new timer
+        held = h.server.get_expired_timers(time.time() + 100)[child.pid]
+        assert sorted(r.scope_id for r in held) == ["s0", "s1", "s2"]
+        stats = h.server.stats()
+        assert (stats.armed, stats.rejected, stats.timers) == (4, 2, 3)
+
+    def test_only_descendants_of_the_job_are_admitted(self, make_server, spawn):
+        outsider = spawn()
+        h = make_server(start=False, policy=WatchdogPolicy(descendants_of=outsider.pid))
+        mine = spawn()  # a child of this test process, not of `outsider`
+        h.server.register_timers([mine.request(after=60)])
+        rejected = h.events.of(Rejected)
+        assert [(e.reason, e.pid) for e in rejected] == [(RejectReason.NOT_IN_JOB, mine.pid)]
+        h.server.register_timers([outsider.request(after=60)])  # the root itself is in the job
+        assert h.server.stats().timers == 1
+
+    def test_a_grandchild_of_the_job_is_admitted(self, make_server):
+        job = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess; subprocess.run(['sleep', '60'])"]
+        )
+        try:
+            h = make_server(start=False, policy=WatchdogPolicy(descendants_of=job.pid))
+            grandchild = _wait_for_child_of(job.pid)
+            request = TimerRequest(grandchild, "s", time.time() + 60)
+            h.server.register_timers([request])
+            assert h.events.of(Rejected) == []
+            assert h.server.stats().timers == 1
+        finally:
+            job.kill()
+            job.wait(PATIENCE)
+
+
+def _wait_for_child_of(parent: int) -> int:
+    end = time.monotonic() + PATIENCE
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as file:
+                children = file.read().split()
+        except OSError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    pytest.fail(f"pid {parent} started no child in {PATIENCE}s")
+
+
+class TestLoopHealth:
+    def test_health_follows_the_loop(self, make_server, wait_until):
+        h = make_server(start=False, max_interval=0.05)
+        assert h.server.loop_health() == LoopHealth(running=False, busy_for=0.0, loops=0)
+        h.server.start()
+        wait_until(lambda: h.server.loop_health().loops >= 3)
+        health = h.server.loop_health()
+        assert health.running
+        assert health.busy_for >= 0.0
+        assert h.server.stats().loops >= health.loops
+        h.server.stop()
+        assert not h.server.loop_health().running
 
 
 class TestLifecycle:

@@ -2,7 +2,9 @@
 
 The worker side is :func:`install_stack_dump`: it points :mod:`faulthandler` at the
 worker's dump file for the dump signal, so that the server can ask for every
-thread's Python stack before it kills the worker.
+thread's Python stack before it kills the worker. The file is created afresh, mode
+0600, never through a symlink, and only in a directory where no other user can plant
+or swap files (see :func:`check_stack_directory`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import stat
 import threading
 from typing import IO
 
@@ -20,6 +23,7 @@ __all__ = [
     "DEFAULT_STACK_SIGNAL",
     "STACKS_DIR_ENV",
     "STACK_SIGNAL_ENV",
+    "check_stack_directory",
     "install_stack_dump",
     "install_stack_dump_from_env",
     "stack_dump_path",
@@ -37,6 +41,47 @@ DEFAULT_STACK_SIGNAL = int(signal.SIGRTMIN) + 4
 def stack_dump_path(directory: str, pid: int, start_time: int) -> str:
     """Return the file that worker ``(pid, start_time)`` dumps its threads' stacks into."""
     return os.path.join(directory, f"worker-{pid}-{start_time}.stack")
+
+
+def check_stack_directory(directory: str) -> None:
+    """Raise ``PermissionError`` if users other than this one may plant files in ``directory``.
+
+    A directory is refused when another user (not root) owns it, or everyone may write
+    to it, or a group other than this process's may, unless it is sticky (as ``/tmp``
+    is): there no one can remove or replace another user's file, and dump files are
+    created new (``O_CREAT|O_EXCL|O_NOFOLLOW``), so the file written is always ours.
+    Raises ``OSError`` if ``directory`` cannot be examined or is not a directory.
+    """
+    st = os.stat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"{directory} is not a directory")
+    if st.st_mode & stat.S_ISVTX:
+        return
+    others = []
+    if st.st_uid not in (os.geteuid(), 0):
+        others.append(f"it belongs to uid {st.st_uid}")
+    if st.st_mode & stat.S_IWOTH:
+        others.append("everyone may write to it")
+    elif st.st_mode & stat.S_IWGRP and st.st_gid != os.getegid():
+        others.append(f"group {st.st_gid} may write to it")
+    if others:
+        raise PermissionError(
+            f"stack directory {directory} is not safe: {' and '.join(others)}, and it is "
+            "not sticky; use a directory only this user can write to (or chmod +t it)"
+        )
+
+
+def _create(path: str) -> IO[bytes]:
+    """Create ``path`` new, mode 0600, and open it for writing; never follow a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise FileExistsError(
+            f"stack dump file {path} already exists and was not created by this process; "
+            "not writing into it"
+        ) from None
+    return open(fd, "wb")
 
 
 class _Installed:
@@ -68,7 +113,8 @@ def install_stack_dump(directory: str, signum: int = DEFAULT_STACK_SIGNAL) -> st
     now and written when the signal arrives. Calling it again in the same process
     with the same arguments does nothing; in a forked child it is done again for
     the child's own file. A handler already installed for ``signum`` still runs
-    after the dump. Raises ``OSError`` if the file cannot be created and
+    after the dump. Raises ``OSError`` if the file cannot be created (it exists
+    already, or the directory is not safe: see :func:`check_stack_directory`) and
     ``ValueError`` for a signal number that cannot be caught.
     """
     global _installed
@@ -90,8 +136,12 @@ def install_stack_dump(directory: str, signum: int = DEFAULT_STACK_SIGNAL) -> st
         if start_time is None:
             raise OSError(f"cannot read the start time of process {pid} from /proc")
         path = stack_dump_path(directory, pid, start_time)
-        os.makedirs(directory, exist_ok=True)
-        file = open(path, "wb")  # noqa: SIM115 - must stay open for faulthandler
+        if current is not None and current.pid == pid and current.path == path:
+            file = current.file  # only the signal changes
+        else:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            check_stack_directory(directory)
+            file = _create(path)
         if signum not in _chain_for:
             # Chaining into SIG_DFL would re-raise a signal whose default action
             # ends the process, so chain only into a handler that is really there.
@@ -101,7 +151,7 @@ def install_stack_dump(directory: str, signum: int = DEFAULT_STACK_SIGNAL) -> st
             faulthandler.unregister(current.signum)
         faulthandler.register(signum, file, all_threads=True, chain=chain)
         _installed = _Installed(pid, directory, signum, chain, path, file)
-        if current is not None:
+        if current is not None and current.file is not file:
             current.file.close()
         return path
 

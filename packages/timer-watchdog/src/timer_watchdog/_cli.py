@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
+
+from timer_api import check_stack_directory
 
 from .__about__ import __version__
 from ._policy import WatchdogPolicy
@@ -19,7 +21,7 @@ from ._progress import add_options as add_progress_options
 from ._summary import EventLog
 from ._transports import ENTRY_POINT_GROUP, TransportError, available
 
-__all__ = ["USAGE_ERROR", "CommandError", "Options", "main"]
+__all__ = ["USAGE_ERROR", "CommandError", "Options", "fail", "main"]
 
 #: Exit status for bad arguments and unusable paths.
 USAGE_ERROR = 2
@@ -40,7 +42,10 @@ run '{PROG} run --help' or '{PROG} serve --help' for the options of each."""
 _RUN_EPILOG = f"""\
 COMMAND runs in its own process group with TORCHELASTIC_TIMER_FILE and
 TIMER_WATCHDOG_PIPE naming a private pipe; any process it starts, at any depth,
-can arm timers there. SIGINT and SIGTERM are passed on to COMMAND's group.
+can arm timers there; only those processes (COMMAND's descendants, orphans
+included) can be signalled. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to
+COMMAND's group. Processes of the job still holding timers when COMMAND exits
+are policed until they release them, exit or are killed.
 Exit status: COMMAND's (128 + N if a signal N ended it), 2 for bad arguments,
 127 if COMMAND cannot be found, 126 if it cannot be run.
 
@@ -62,14 +67,45 @@ examples:
 
 
 class CommandError(Exception):
-    """Raise for a bad argument or an unusable path: printed as one line, exit status 2."""
+    """Raise for a bad argument, an unusable path or a COMMAND that cannot be started.
+
+    Printed as one error line (a JSON object with ``--json``); ``status`` is the exit
+    status (2 for bad arguments, 127/126 for a COMMAND not found/not executable).
+    """
+
+    def __init__(self, message: str, status: int = USAGE_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def fail(prog: str, message: str, status: int, *, as_json: bool) -> NoReturn:
+    """Print ``prog: error: message`` (or its JSON object) on stderr and exit with ``status``.
+
+    Every error of the command goes through here, so that each reads the same way:
+    ``timer-watchdog run: error: ...`` (``serve``, or no command name, alike).
+    """
+    if as_json:
+        line = json.dumps(
+            {"log": "error", "command": prog, "message": message, "exit_status": status}
+        )
+    else:
+        line = f"{prog}: error: {message}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit status 2."""
+    """An argument parser whose errors are one line (or one JSON object) and exit status 2."""
+
+    def __init__(self, *args: Any, as_json: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.as_json = as_json
 
     def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        if not self.as_json:
+            message = f"{message} (see {self.prog} --help)"
+        fail(self.prog, message, USAGE_ERROR, as_json=self.as_json)
 
 
 def _seconds(text: str) -> float:
@@ -103,8 +139,8 @@ def parse_signal(text: str) -> int:
     raise argparse.ArgumentTypeError(f"not a signal name or number: {text!r}")
 
 
-def _common_options() -> _Parser:
-    common = _Parser(add_help=False)
+def _common_options(as_json: bool) -> _Parser:
+    common = _Parser(add_help=False, as_json=as_json)
     group = common.add_argument_group("watchdog options")
     group.add_argument(
         "--max-interval",
@@ -144,8 +180,9 @@ def _common_options() -> _Parser:
     group.add_argument(
         "--stacks",
         metavar="DIR",
-        help="dump a hung worker's Python stacks into DIR before the kill; workers started "
-        "under 'run' need no code change; e.g. --stacks ./stacks",
+        help="dump a hung worker's Python stacks into DIR before the kill ('run' uses a "
+        "directory of its own inside DIR); workers started under 'run' need no code "
+        "change; e.g. --stacks ./stacks",
     )
     group.add_argument(
         "--py-spy",
@@ -175,9 +212,10 @@ def _common_options() -> _Parser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the parser of the whole command."""
+def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
+    """Return the parser of the whole command (its errors in JSON with ``as_json``)."""
     parser = _Parser(
+        as_json=as_json,
         prog=PROG,
         description=_DESCRIPTION,
         epilog=_EPILOG,
@@ -185,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command_name", metavar="{run,serve}", required=True)
-    common = _common_options()
+    common = _common_options(as_json)
     run = commands.add_parser(
         "run",
+        as_json=as_json,
         parents=[common],
         usage=f"{PROG} run [options] -- COMMAND [ARGS...]",
         help="run COMMAND under a private watchdog, then print a summary",
@@ -199,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="the job to run, after '--'")
     serve = commands.add_parser(
         "serve",
+        as_json=as_json,
         parents=[common],
         help="serve a named pipe in the foreground (for systemd or a container)",
         description="Serve the named pipe PIPE in the foreground until SIGTERM.",
@@ -252,6 +292,10 @@ def _stacks_dir(path: str | None) -> str | None:
         raise CommandError(f"cannot use --stacks {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise CommandError(f"cannot use --stacks {path}: not writable")
+    try:
+        check_stack_directory(path)
+    except OSError as exc:
+        raise CommandError(f"cannot use --stacks {path}: {exc}") from None
     return path
 
 
@@ -266,6 +310,23 @@ def _open_events(path: str | None) -> IO[bytes] | None:
         raise CommandError(f"cannot write --events {path}: {exc.strerror}") from None
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Tell whether ``--json`` is among the options (not in COMMAND, after ``--``)."""
+    options = list(argv)
+    if "--" in options:
+        options = options[: options.index("--")]
+    return "--json" in options
+
+
+class _EchoFilter(logging.Filter):
+    """Drop the engine's log lines that repeat an event, which the command prints itself."""
+
+    ECHOES = ("rejected timer request", "worker %d exited holding")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.ECHOES))
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({"log": record.levelname.lower(), "message": record.getMessage()})
@@ -278,6 +339,7 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     handler.setFormatter(
         _JsonFormatter() if args.json else logging.Formatter(f"{PROG}: %(message)s")
     )
+    handler.addFilter(_EchoFilter())
     saved = []
     for name in ("timer_watchdog", "timer_api", "timer_file", "timer_queue_mp"):
         logger = logging.getLogger(name)
@@ -303,23 +365,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._run import run
     from ._serve import serve
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(argv)
+    parser = build_parser(as_json=as_json)
     args = parser.parse_args(argv)
+    prog = f"{PROG} {args.command_name}"
     if args.command_name == "run":
         command = list(args.command)
         if command[:1] == ["--"]:
             command = command[1:]
         if not command:
-            parser.error("run needs a COMMAND, after '--'")
+            fail(
+                prog,
+                f"a COMMAND is needed, after '--' (see {prog} --help)",
+                USAGE_ERROR,
+                as_json=as_json,
+            )
         args.command = command
     with _logging_to_stderr(args):
         try:
             options = Options(args)
         except CommandError as exc:
-            parser.exit(USAGE_ERROR, f"{PROG}: error: {exc}\n")
+            fail(prog, str(exc), exc.status, as_json=as_json)
         try:
             return run(options) if args.command_name == "run" else serve(options)
-        except (CommandError, TransportError) as exc:
-            parser.exit(USAGE_ERROR, f"{PROG}: error: {exc}\n")
+        except CommandError as exc:
+            fail(prog, str(exc), exc.status, as_json=as_json)
+        except TransportError as exc:
+            fail(prog, str(exc), USAGE_ERROR, as_json=as_json)
         finally:
             options.close()

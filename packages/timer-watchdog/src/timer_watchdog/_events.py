@@ -17,6 +17,7 @@ __all__ = [
     "Exited",
     "Expired",
     "Frame",
+    "LoopHealth",
     "Reaped",
     "Rejected",
     "Released",
@@ -159,6 +160,7 @@ class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
         reaped: workers confirmed dead after a signal.
         unkillable: times a worker was reported alive after its final signal.
         exited: workers found gone while holding timers.
+        loops: engine loop rounds completed.
         timers: timers held now (armed, or expired and being reaped).
         workers: workers known now.
         reaping: workers being reaped now.
@@ -173,6 +175,22 @@ class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
     reaped: int = 0
     unkillable: int = 0
     exited: int = 0
+    loops: int = 0
     timers: int = 0
     workers: int = 0
     reaping: int = 0
+
+
+class LoopHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """Say whether the engine's loop is alive and making progress.
+
+    Fields:
+        running: the loop thread is alive.
+        busy_for: seconds the current round has been processing; 0.0 while the loop
+            waits for requests.
+        loops: engine loop rounds completed.
+    """
+
+    running: bool
+    busy_for: float
+    loops: int

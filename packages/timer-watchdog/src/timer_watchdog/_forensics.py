@@ -3,10 +3,12 @@
 The worker registered :mod:`faulthandler` on the stack signal (see
 ``timer_api.install_stack_dump``): the server sends that signal, polls the dump file
 until it stops growing (never blocking the loop), and reads the innermost frame of
-the thread that armed the expired timer. Optionally ``py-spy dump --json`` runs in a
-background thread too, and its stacks are written beside the dump as text whose thread
-headers carry the same idents as faulthandler's; if py-spy is not installed, that is
-logged once.
+the thread that armed the expired timer that is the worker's own code (outside the
+standard library and installed packages; the whole stack stays in the dump). Optionally
+``py-spy dump --json`` runs in a background thread too, and its stacks are written
+beside the dump as text whose thread headers carry the same idents as faulthandler's
+(without a stacks directory they are only read, never written); if py-spy is not
+installed, that is logged once. Dump files are never followed through a symlink.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
-import tempfile
 import threading
 
 import msgspec
@@ -27,7 +29,15 @@ from timer_api import stack_dump_path
 from ._events import Frame
 from ._process import Target
 
-__all__ = ["PySpy", "StackRequest", "parse_faulthandler", "parse_py_spy"]
+__all__ = [
+    "PySpy",
+    "SpyDump",
+    "StackRequest",
+    "is_library_file",
+    "own_frame",
+    "parse_faulthandler",
+    "parse_py_spy",
+]
 
 logger = logging.getLogger("timer_watchdog")
 
@@ -40,27 +50,54 @@ _FH_HEADER = re.compile(
 _FH_FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.+?)\s*$')
 _SPY_HEADER = re.compile(r"^Thread (0x[0-9a-fA-F]+|\d+)\b")
 _SPY_FRAME = re.compile(r"^\s+(\S.*?) \((.+):(\d+)\)\s*$")
+#: A file of the standard library or of an installed package, as its path shows
+#: (the worker's Python may not be the watchdog's, so its paths are not known here).
+_LIBRARY = re.compile(
+    r"[/\\](?:site|dist)-packages[/\\]"
+    r"|[/\\]lib(?:64)?[/\\](?:python\d+(?:\.\d+)?t?|pypy\d*(?:\.\d+)?)[/\\]"
+    r"|^<frozen "
+)
+
+#: One thread of a dump: its ident (if shown), whether it is the current thread, its
+#: frames innermost first.
+_Block = tuple[int | None, bool, list[Frame]]
+
+
+def is_library_file(path: str) -> bool:
+    """Tell whether ``path`` is in the standard library or an installed package (site-packages)."""
+    return _LIBRARY.search(path) is not None
+
+
+def own_frame(frames: list[Frame]) -> Frame | None:
+    """Return the innermost of ``frames`` (innermost first) that is outside the libraries.
+
+    A thread waiting in ``threading.py`` is reported where the worker's own code
+    called it; when every frame is in a library, the innermost is returned.
+    """
+    for frame in frames:
+        if not is_library_file(frame.file):
+            return frame
+    return frames[0] if frames else None
 
 
 def parse_faulthandler(text: str, thread_id: int | None) -> Frame | None:
-    """Return the innermost frame of thread ``thread_id`` in a faulthandler dump.
+    """Return where thread ``thread_id`` is stuck in a faulthandler dump (see :func:`own_frame`).
 
     With ``thread_id`` ``None``, the current thread's (else the first) block is used.
     Returns ``None`` when the thread or its frames are not in ``text``.
     """
-    blocks: list[tuple[int | None, bool, Frame | None]] = []
+    blocks: list[_Block] = []
     for line in text.splitlines():
         header = _FH_HEADER.match(line)
         if header is not None:
             number = header.group(2)
             blocks.append(
-                (int(number, 16) if number else None, header.group(1) == "Current thread", None)
+                (int(number, 16) if number else None, header.group(1) == "Current thread", [])
             )
             continue
         frame = _FH_FRAME.match(line)
-        if frame is not None and blocks and blocks[-1][2] is None:
-            ident, current, _ = blocks[-1]
-            blocks[-1] = (ident, current, Frame(frame[1], int(frame[2]), frame[3]))
+        if frame is not None and blocks:
+            blocks[-1][2].append(Frame(frame[1], int(frame[2]), frame[3]))
     return _pick(blocks, thread_id)
 
 
@@ -78,12 +115,9 @@ class _SpyThread(msgspec.Struct):
     owns_gil: bool = False
     frames: list[_SpyFrame] = []
 
-    def innermost(self) -> Frame | None:
-        """Return the thread's innermost Python frame, if it has one."""
-        if not self.frames:
-            return None
-        top = self.frames[0]
-        return Frame(top.filename, top.line, top.name)
+    def stack(self) -> list[Frame]:
+        """Return the thread's Python frames, innermost first."""
+        return [Frame(f.filename, f.line, f.name) for f in self.frames]
 
 
 _SPY_JSON = msgspec.json.Decoder(list[_SpyThread])
@@ -109,7 +143,7 @@ def _render_py_spy(threads: list[_SpyThread]) -> str:
 
 
 def parse_py_spy(text: str, thread_id: int | None) -> Frame | None:
-    """Return the innermost frame of thread ``thread_id`` in a py-spy dump.
+    """Return where thread ``thread_id`` is stuck in a py-spy dump (see :func:`own_frame`).
 
     ``text`` is the output of ``py-spy dump --json``, or the ``.py-spy`` file the
     watchdog writes from it, whose thread headers carry Python idents as faulthandler's
@@ -122,30 +156,86 @@ def parse_py_spy(text: str, thread_id: int | None) -> Frame | None:
             threads = _SPY_JSON.decode(text)
         except msgspec.DecodeError:
             return None
-        return _pick([(t.thread_id, False, t.innermost()) for t in threads], thread_id)
-    blocks: list[tuple[int | None, bool, Frame | None]] = []
+        return _pick([(t.thread_id, False, t.stack()) for t in threads], thread_id)
+    blocks: list[_Block] = []
     for line in text.splitlines():
         header = _SPY_HEADER.match(line)
         if header is not None:
             raw = header.group(1)
-            blocks.append((int(raw, 16) if raw.lower().startswith("0x") else int(raw), False, None))
+            blocks.append((int(raw, 16) if raw.lower().startswith("0x") else int(raw), False, []))
             continue
         frame = _SPY_FRAME.match(line)
-        if frame is not None and blocks and blocks[-1][2] is None:
-            ident, current, _ = blocks[-1]
-            blocks[-1] = (ident, current, Frame(frame[2], int(frame[3]), frame[1]))
+        if frame is not None and blocks:
+            blocks[-1][2].append(Frame(frame[2], int(frame[3]), frame[1]))
     return _pick(blocks, thread_id)
 
 
-def _pick(
-    blocks: list[tuple[int | None, bool, Frame | None]], thread_id: int | None
-) -> Frame | None:
+def _pick(blocks: list[_Block], thread_id: int | None) -> Frame | None:
     if thread_id is not None:
-        return next((frame for ident, _, frame in blocks if ident == thread_id), None)
-    current = [frame for _, is_current, frame in blocks if is_current]
+        return next((own_frame(frames) for ident, _, frames in blocks if ident == thread_id), None)
+    current = [frames for _, is_current, frames in blocks if is_current]
     if current:
-        return current[0]
-    return blocks[0][2] if blocks else None
+        return own_frame(current[0])
+    return own_frame(blocks[0][2]) if blocks else None
+
+
+class SpyDump(threading.Thread):
+    """Run ``py-spy dump --json`` on one worker in the background; keep the stacks as text.
+
+    ``text`` is set when py-spy succeeded (see :func:`_render_py_spy`); it is also
+    written to ``out_path`` (if given), the file appearing complete, created afresh
+    with mode 0600 (never through a symlink). A failure is logged; no file is written.
+    """
+
+    def __init__(self, program: str, pid: int, out_path: str | None, timeout: float) -> None:
+        super().__init__(name=f"py-spy-{pid}", daemon=True)
+        self.program = program
+        self.pid = pid
+        self.out_path = out_path
+        self.timeout = timeout
+        self.text: str | None = None
+
+    def run(self) -> None:
+        pid = self.pid
+        try:
+            done = subprocess.run(
+                [self.program, "dump", "--json", "--pid", str(pid)],
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+            if done.returncode != 0:
+                reason = next(
+                    (
+                        line
+                        for line in done.stderr.decode("utf-8", "replace").splitlines()
+                        if line.strip()
+                    ),
+                    f"exit status {done.returncode}",
+                )
+                logger.warning("py-spy dump of pid %d failed: %s", pid, reason)
+                return
+            text = _render_py_spy(_SPY_JSON.decode(done.stdout))
+            if self.out_path is not None:
+                _write_new(self.out_path, text)
+            self.text = text
+        except (OSError, subprocess.SubprocessError, msgspec.DecodeError) as exc:
+            logger.warning("py-spy dump of pid %d failed: %s", pid, exc)
+
+
+def _write_new(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a fresh ``.partial`` file (0600, no symlink followed)."""
+    partial = path + ".partial"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, 0o600)
+    try:
+        with open(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 class PySpy:
@@ -166,52 +256,17 @@ class PySpy:
                     logger.warning("py-spy is not installed; stack dumps use faulthandler only")
             return self._executable
 
-    def dump(self, pid: int, out_path: str, timeout: float) -> threading.Thread | None:
+    def dump(self, pid: int, out_path: str | None, timeout: float) -> SpyDump | None:
         """Start ``py-spy dump --json --pid`` in a background thread; None if py-spy is absent.
 
-        When py-spy succeeds, its stacks are written to ``out_path`` (see
-        :func:`_render_py_spy`), the file appearing complete; when it fails, the reason is
-        logged and no file is written.
+        With ``out_path``, the stacks are also written there (see :class:`SpyDump`).
         """
         program = self.executable()
         if program is None:
             return None
-
-        def run() -> None:
-            try:
-                done = subprocess.run(
-                    [program, "dump", "--json", "--pid", str(pid)],
-                    capture_output=True,
-                    timeout=timeout,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    reason = next(
-                        (
-                            line
-                            for line in done.stderr.decode("utf-8", "replace").splitlines()
-                            if line.strip()
-                        ),
-                        f"exit status {done.returncode}",
-                    )
-                    logger.warning("py-spy dump of pid %d failed: %s", pid, reason)
-                    return
-                text = _render_py_spy(_SPY_JSON.decode(done.stdout))
-                partial = out_path + ".partial"
-                try:
-                    with open(partial, "w", encoding="utf-8") as out:
-                        out.write(text)
-                    os.replace(partial, out_path)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(partial)
-                    raise
-            except (OSError, subprocess.SubprocessError, msgspec.DecodeError) as exc:
-                logger.warning("py-spy dump of pid %d failed: %s", pid, exc)
-
-        thread = threading.Thread(target=run, name=f"py-spy-{pid}", daemon=True)
-        thread.start()
-        return thread
+        spy = SpyDump(program, pid, out_path, timeout)
+        spy.start()
+        return spy
 
 
 class StackRequest:
@@ -221,7 +276,7 @@ class StackRequest:
         "_deadline",
         "_offset",
         "_size",
-        "_spy_thread",
+        "_spy",
         "path",
         "spy_path",
         "thread_id",
@@ -238,26 +293,28 @@ class StackRequest:
         py_spy: PySpy | None,
         now: float,
     ) -> None:
-        """Ask ``target`` for its dump; raise :class:`ProcessGone` if it is already gone."""
+        """Ask ``target`` for its dump; raise :class:`ProcessGone` if it is already gone.
+
+        Without ``stacks_dir``, py-spy's stacks are read but written nowhere.
+        """
         self.thread_id = thread_id
         self.path: str | None = None
         self.spy_path: str | None = None
         self._offset = 0
         self._size = -1
         self._deadline = now + wait
-        self._spy_thread: threading.Thread | None = None
+        self._spy: SpyDump | None = None
         if stacks_dir is not None and target.catches(stack_signal):
             path = stack_dump_path(stacks_dir, target.pid, target.start_time)
             self._offset = _size(path)
             target.send(stack_signal)
             self.path = path
         if py_spy is not None:
-            spy_path = (
-                stack_dump_path(stacks_dir or tempfile.gettempdir(), target.pid, target.start_time)
-                + ".py-spy"
-            )
-            self._spy_thread = py_spy.dump(target.pid, spy_path, timeout=max(wait, 1.0) + 5.0)
-            if self._spy_thread is not None:
+            spy_path = None
+            if stacks_dir is not None:
+                spy_path = stack_dump_path(stacks_dir, target.pid, target.start_time) + ".py-spy"
+            self._spy = py_spy.dump(target.pid, spy_path, timeout=max(wait, 1.0) + 5.0)
+            if self._spy is not None:
                 self.spy_path = spy_path
 
     def poll(self, now: float) -> float | None:
@@ -269,36 +326,47 @@ class StackRequest:
             size = _size(self.path)
             dump_done = size > self._offset and size == self._size
             self._size = size
-        spy_done = self._spy_thread is None or not self._spy_thread.is_alive()
+        spy_done = self._spy is None or not self._spy.is_alive()
         if dump_done and spy_done:
             return None
         return min(now + POLL_STEP, self._deadline)
 
     def result(self) -> tuple[str | None, Frame | None]:
-        """Return the dump's path (if one was written) and the arming thread's innermost frame."""
+        """Return the dump's path (if one was written) and the arming thread's own frame."""
         frame = None
         path = None
         if self.path is not None and _size(self.path) > self._offset:
             path = self.path
             frame = parse_faulthandler(_read_from(self.path, self._offset), self.thread_id)
-        if self.spy_path is not None and _size(self.spy_path) > 0:
+        spy = self._spy
+        if spy is not None and not spy.is_alive() and spy.text is not None:
             if frame is None:
-                frame = parse_py_spy(_read_from(self.spy_path, 0), self.thread_id)
-            path = path or self.spy_path
+                frame = parse_py_spy(spy.text, self.thread_id)
+            if self.spy_path is not None and _size(self.spy_path) > 0:
+                path = path or self.spy_path
         return path, frame
 
 
 def _size(path: str) -> int:
+    """Return the size of the file at ``path`` itself (0 if absent or not a regular file)."""
     try:
-        return os.stat(path).st_size
+        st = os.lstat(path)
     except OSError:
         return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _read_from(path: str, offset: int, limit: int = 1 << 20) -> str:
+    """Read up to ``limit`` bytes of ``path`` from ``offset``, never through a symlink."""
     try:
-        with open(path, "rb") as file:
-            file.seek(offset)
-            return file.read(limit).decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return ""
+    with open(fd, "rb") as file:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            file.seek(offset)
+            return file.read(limit).decode("utf-8", "replace")
+        except OSError:
+            return ""

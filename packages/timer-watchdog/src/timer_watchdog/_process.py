@@ -108,6 +108,28 @@ class Procfs:
             return None
         return stat[0]
 
+    def parent(self, pid: int) -> int | None:
+        """Return the parent pid of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if it is gone."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                data = file.read()
+        except OSError:
+            return None
+        fields = data[data.rfind(b")") + 2 :].split()
+        return int(fields[1]) if len(fields) > 1 else None
+
+    def descends_from(self, pid: int, root: int) -> bool:
+        """Tell whether ``pid`` is ``root`` or one of its descendants (walks the parent chain)."""
+        seen = 0
+        while pid > 1 and seen < 4096:
+            if pid == root:
+                return True
+            parent = self.parent(pid)
+            if parent is None:
+                return False
+            pid, seen = parent, seen + 1
+        return pid == root
+
     def same_user(self, status: ProcStatus) -> bool:
         """Tell whether a process belongs to the server's user, as the kernel judges ``kill()``.
 

@@ -569,6 +569,10 @@ class Watch:
             self._pump.start()
         self.liveness.start(on_stall)
 
+    def stop_clock(self) -> None:
+        """Stop the clock: no stall is reported once this returns (the job has ended)."""
+        self.liveness.stop()
+
     def finish(self, linger: float = LINGER) -> None:
         """Stop the clock and pass on the rest of the output (see :meth:`OutputPump.finish`)."""
         self.liveness.stop()

@@ -1,25 +1,27 @@
-"""``timer-watchdog run``: run a job under a private watchdog and report what it did."""
+"""``timer-watchdog run``: run a job under a private watchdog and report what it did.
+
+The steps, in order (each a function below, so that options can hook in between):
+make ``run`` the job's subreaper, create the endpoint and the server (admitting only
+descendants of ``run``), start COMMAND, supervise it until it exits, keep policing
+the job's processes that still hold timers, then stop, clean up and print the summary.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import logging
 import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
-from collections.abc import Mapping
-from types import FrameType
 
 import msgspec
 
 from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
 from ._cli import CommandError, Options
-from ._handlers import handling
+from ._job import FORWARDED_SIGNALS, Job, become_subreaper, exit_status
+from ._policy import WatchdogPolicy
 from ._progress import Watch, progress_options, stall_requests
 from ._server import WatchdogServer
 from ._summary import EventLog, format_summary
@@ -29,9 +31,6 @@ __all__ = ["FORWARDED_SIGNALS", "exit_status", "finish_reaps", "run"]
 
 logger = logging.getLogger("timer_watchdog")
 
-#: Signals that ``run`` passes on to the job's process group.
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 #: Seconds between two looks at the reaps still under way when the job has ended.
 DRAIN_STEP = 0.02
 
@@ -39,42 +38,68 @@ DRAIN_STEP = 0.02
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
 
 
-def exit_status(returncode: int) -> int:
-    """Return a shell's exit status for a child's return code: ``128 + N`` for signal N."""
-    return 128 - returncode if returncode < 0 else returncode
+def finish_reaps(server: WatchdogServer, limit: float) -> None:
+    """Give the workers being reaped up to ``limit`` seconds to be confirmed dead (or reported)."""
+    end = time.monotonic() + limit
+    while server.stats().reaping and time.monotonic() < end:
+        time.sleep(DRAIN_STEP)
 
 
-class _Forwarder:
-    """Pass SIGINT and SIGTERM on to the job's process group while it runs."""
-
-    def __init__(self) -> None:
-        self.pgid: int | None = None
-        self.pending: list[int] = []
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.pgid is None:
-            self.pending.append(signum)
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, signum)
-
-    def started(self, pgid: int) -> None:
-        self.pgid = pgid
-        for signum in self.pending:
-            self(signum, None)
-        self.pending.clear()
+def _job_stacks_dir(stacks_dir: str) -> str:
+    """Create this run's own directory for dumps inside ``--stacks DIR`` (mode 0700)."""
+    try:
+        return tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=stacks_dir)
+    except OSError as exc:
+        raise CommandError(f"cannot use --stacks {stacks_dir}: {exc.strerror}") from None
 
 
-def _spawn(
-    command: list[str], env: dict[str, str], streams: Mapping[str, int]
-) -> subprocess.Popen[bytes]:
-    """Start ``command`` as the leader of a new process group (``streams``: its stdout/stderr)."""
-    stdout, stderr = streams.get("stdout"), streams.get("stderr")
-    if sys.version_info >= (3, 11):
-        return subprocess.Popen(command, env=env, process_group=0, stdout=stdout, stderr=stderr)
-    return subprocess.Popen(  # pragma: no cover
-        command, env=env, preexec_fn=os.setpgrp, stdout=stdout, stderr=stderr
+def _remove_unused_dumps(job_dir: str) -> None:
+    """Remove this run's empty dump files (workers never asked for a stack), then its directory.
+
+    Only ``job_dir`` is touched: it was created by this run, so every file in it is
+    one of this job's. The directory stays if a dump was written.
+    """
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(job_dir):
+            if (
+                entry.name.startswith("worker-")
+                and entry.name.endswith(".stack")
+                and entry.is_file(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_size == 0
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(job_dir)
+
+
+def _job_policy(options: Options, stacks_dir: str | None) -> WatchdogPolicy:
+    """Return the policy of this run: the options', limited to this run's descendants."""
+    return msgspec.structs.replace(
+        options.policy, stacks_dir=stacks_dir, descendants_of=os.getpid()
     )
+
+
+def _holding(server: WatchdogServer) -> bool:
+    """Tell whether the server still holds timers, or reaps a worker."""
+    stats = server.stats()
+    return bool(stats.timers or stats.reaping)
+
+
+def _police_outliving(job: Job, server: WatchdogServer, options: Options) -> None:
+    """Keep policing the job's processes that still hold timers once COMMAND has exited."""
+    holders = options.log.command_exited(job.pid)
+    if not _holding(server):
+        return
+    if holders:
+        listed = ", ".join(f"pid {pid}" for pid in holders)
+        options.log.note(
+            f"the command exited (status {job.status}) but {len(holders)} process(es) of "
+            f"the job still hold timers ({listed}); watching them until they release "
+            "them, exit or are killed"
+        )
+    job.signal_also(holders)
+    job.wait(until=lambda: not _holding(server))
 
 
 def _stop_stalled(log: EventLog, server: WatchdogServer, leader: int, message: str) -> None:
@@ -85,21 +110,6 @@ def _stop_stalled(log: EventLog, server: WatchdogServer, leader: int, message: s
     server._request_queue.interrupt()
 
 
-def finish_reaps(server: WatchdogServer, limit: float) -> None:
-    """Give the workers being reaped up to ``limit`` seconds to be confirmed dead (or reported)."""
-    end = time.monotonic() + limit
-    while server.stats().reaping and time.monotonic() < end:
-        time.sleep(DRAIN_STEP)
-
-
-def _remove_unused_dumps(stacks_dir: str) -> None:
-    """Remove the empty dump files of workers that were never asked for their stack."""
-    for path in glob.glob(os.path.join(stacks_dir, "worker-*.stack")):
-        with contextlib.suppress(OSError):
-            if os.path.getsize(path) == 0:
-                os.unlink(path)
-
-
 def run(options: Options) -> int:
     """Run ``options.args.command`` under a watchdog on a private endpoint; return the exit status."""
     args = options.args
@@ -108,50 +118,63 @@ def run(options: Options) -> int:
         liveness = progress_options(args)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    problem = become_subreaper()
+    if problem is not None:
+        options.log.note(
+            f"cannot adopt the job's orphans ({problem}): a process whose parent exits "
+            "leaves the job, and its requests are rejected as not_in_job"
+        )
     factory = load(args.transport)
     try:
         transport = factory(None)
     except OSError as exc:
         raise CommandError(f"cannot create the {args.transport} endpoint: {exc}") from None
     started = time.monotonic()
+    job_dir = _job_stacks_dir(options.stacks_dir) if options.stacks_dir is not None else None
     try:
-        server = transport.server(max_interval=args.max_interval, policy=options.policy)
+        policy = _job_policy(options, job_dir)
+        server = transport.server(max_interval=args.max_interval, policy=policy)
         unsubscribe = server.subscribe(options.log)
         env = {**os.environ, **transport.environment()}
-        if options.stacks_dir is not None:
-            env[STACKS_DIR_ENV] = options.stacks_dir
-            env[STACK_SIGNAL_ENV] = str(options.policy.stack_signal)
-        forwarder = _Forwarder()
+        if job_dir is not None:
+            env[STACKS_DIR_ENV] = job_dir
+            env[STACK_SIGNAL_ENV] = str(policy.stack_signal)
         watch = None if liveness is None else Watch(liveness)
         server.start()
         try:
-            with handling(FORWARDED_SIGNALS, forwarder):
+            with Job(command, env, note=options.log.note) as job:
                 try:
                     try:
-                        proc = _spawn(command, env, watch.child_streams() if watch else {})
+                        job.start(watch.child_streams() if watch is not None else None)
                     except FileNotFoundError:
-                        logger.error("%s: command not found", command[0])
-                        return NOT_FOUND
+                        raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
                     except PermissionError:
-                        logger.error("%s: permission denied", command[0])
-                        return NOT_EXECUTABLE
-                    forwarder.started(proc.pid)
+                        raise CommandError(
+                            f"{command[0]}: permission denied", NOT_EXECUTABLE
+                        ) from None
                     if watch is not None:
-                        watch.start(functools.partial(_stop_stalled, options.log, server, proc.pid))
-                    status = exit_status(proc.wait())
+                        watch.start(functools.partial(_stop_stalled, options.log, server, job.pid))
+                    job.wait()
+                    if watch is not None:
+                        watch.stop_clock()
+                        if watch.stalled is not None:
+                            # The stall's own timers are not holders that outlived COMMAND.
+                            finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
+                    _police_outliving(job, server, options)
                 finally:
                     if watch is not None:
                         watch.finish()
-                policy = options.policy
-                finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
+            assert job.status is not None
+            status = job.status
+            finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
         finally:
             server.stop()
             unsubscribe()
         stats = server.stats()
     finally:
         transport.close()
-        if options.stacks_dir is not None:
-            _remove_unused_dumps(options.stacks_dir)
+        if job_dir is not None:
+            _remove_unused_dumps(job_dir)
     summary = options.log.summary(
         stopped="command exited",
         exit_status=status,

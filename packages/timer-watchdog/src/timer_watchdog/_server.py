@@ -18,6 +18,7 @@ from ._events import (
     Event,
     Exited,
     Expired,
+    LoopHealth,
     Rejected,
     Released,
     WatchdogStats,
@@ -49,6 +50,7 @@ _COUNTERS = (
     "reaped",
     "unkillable",
     "exited",
+    "loops",
 )
 
 
@@ -96,6 +98,9 @@ class WatchdogServer(TimerServer):
         #: Rejection reasons already logged at warning level.
         self._warned: set[RejectReason] = set()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        #: The thread running the loop (``None``: not running) and when its round began.
+        self._loop_thread: threading.Thread | None = None
+        self._busy_since = 0.0
         self._policy = policy
         self._reaper = Reaper(
             policy,
@@ -157,6 +162,16 @@ class WatchdogServer(TimerServer):
                 reaping=len(self._reaps),
             )
 
+    def loop_health(self) -> LoopHealth:
+        """Return whether the loop runs, how long its current round has been busy, how many ran."""
+        thread = self._loop_thread
+        since = self._busy_since
+        return LoopHealth(
+            running=thread is not None and thread.is_alive(),
+            busy_for=max(0.0, time.monotonic() - since) if since else 0.0,
+            loops=self._counts["loops"],
+        )
+
     # -- requests -----------------------------------------------------------------
 
     def register_timers(self, timer_requests: list[TimerRequest]) -> None:
@@ -175,6 +190,7 @@ class WatchdogServer(TimerServer):
             mono = time.monotonic()
             offset = mono - self._wall_clock()
             n_armed = n_released = 0
+            cap = self._policy.max_timers_per_worker
             for request in timer_requests:
                 try:
                     pid = request.worker_id
@@ -217,6 +233,11 @@ class WatchdogServer(TimerServer):
                         start_time is not None and start_time != worker.start_time
                     ):
                         worker = self._admit(request, worker, events)
+                    if len(worker) >= cap and scope not in worker.timers:
+                        raise InvalidRequestError(
+                            RejectReason.TOO_MANY_TIMERS,
+                            f"pid {pid} already holds {len(worker)} timers (limit {cap})",
+                        )
                     if _SHARE_INTS:
                         # Same values, shared objects: saves ~90 bytes per armed timer.
                         request.worker_id = worker.pid
@@ -290,6 +311,11 @@ class WatchdogServer(TimerServer):
             raise InvalidRequestError(
                 RejectReason.OTHER_USER,
                 f"pid {pid} belongs to uid {status.uids[0]}, not to this server's user",
+            )
+        root = self.policy.descendants_of
+        if root is not None and not procfs.descends_from(pid, root):
+            raise InvalidRequestError(
+                RejectReason.NOT_IN_JOB, f"pid {pid} does not descend from pid {root}"
             )
         if known is not None:
             # The pinned process is gone and its pid now names the requester.
@@ -482,8 +508,24 @@ class WatchdogServer(TimerServer):
                 wake = min(wake, self._next_sweep)
         return max(0.0, wake - now)
 
+    def _watchdog_loop(self) -> None:
+        self._loop_thread = threading.current_thread()
+        try:
+            super()._watchdog_loop()
+        finally:
+            self._busy_since = 0.0
+            if self._loop_thread is threading.current_thread():
+                self._loop_thread = None
+
     def _run_watchdog(self) -> None:
         """Run one round: take a batch, register it, reap what is due, clear the reaped."""
+        try:
+            self._round()
+        finally:
+            self._busy_since = 0.0
+            self._count("loops")
+
+    def _round(self) -> None:
         timeout = self._wait_timeout()
         try:
             requests = self._take_batch(timeout)
@@ -491,6 +533,7 @@ class WatchdogServer(TimerServer):
             logger.exception("reading the request queue failed; retrying")
             time.sleep(min(timeout, 0.05))
             requests = []
+        self._busy_since = time.monotonic()
         if requests:
             self.register_timers(requests)
         now = time.monotonic()

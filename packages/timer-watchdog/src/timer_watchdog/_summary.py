@@ -24,7 +24,7 @@ from ._events import (
     encode_event,
 )
 
-__all__ = ["EventLog", "Expiry", "Summary", "format_summary", "signal_name"]
+__all__ = ["EventLog", "Expiry", "Outliver", "Summary", "format_summary", "signal_name"]
 
 
 def signal_name(signum: int) -> str:
@@ -54,6 +54,17 @@ class Expiry(msgspec.Struct, kw_only=True):
     frame: Frame | None = None
 
 
+class Outliver(msgspec.Struct, kw_only=True):
+    """A process of the job that still held timers when ``run``'s COMMAND exited."""
+
+    pid: int
+    #: The scopes it held then.
+    scope_ids: list[str]
+    #: What became of it: ``released`` (its timers), ``exited``, ``reaped`` (killed),
+    #: ``unkillable``, ``signalled`` or ``holding`` (still holding when the watchdog stopped).
+    outcome: str = "holding"
+
+
 class Summary(msgspec.Struct, kw_only=True):
     """The end-of-run report; ``--json`` prints it as one JSON object."""
 
@@ -66,7 +77,9 @@ class Summary(msgspec.Struct, kw_only=True):
     workers: int
     stats: WatchdogStats
     expiries: list[Expiry]
-    #: Why ``run --progress/--heartbeat`` stopped the job, if it stalled.
+    #: ``run`` only: processes that still held timers when COMMAND exited.
+    outlived: list[Outliver] = []
+    #: ``run --progress/--heartbeat`` only: why the job was stopped, if it stalled.
     stalled: str | None = None
 
 
@@ -97,6 +110,9 @@ class EventLog:
         self._lock = threading.Lock()
         self._workers: set[int] = set()
         self._expiries: dict[int, Expiry] = {}
+        #: The scopes each worker holds now (armed, or expired and not yet reaped).
+        self._held: dict[int, set[str]] = {}
+        self._outlived: dict[int, Outliver] = {}
 
     def __call__(self, event: Event) -> None:
         """Record ``event``, write it to the events file and log it."""
@@ -122,7 +138,16 @@ class EventLog:
         else:
             self.write(_PREFIX + message)
 
+    def command_exited(self, command_pid: int) -> list[int]:
+        """Remember, and return, the other workers that hold timers now that the command exited."""
+        with self._lock:
+            for pid, scopes in self._held.items():
+                if pid != command_pid:
+                    self._outlived[pid] = Outliver(pid=pid, scope_ids=sorted(scopes))
+            return sorted(self._outlived)
+
     def _record(self, event: Event) -> None:
+        self._record_held(event)
         if isinstance(event, Armed):
             self._workers.add(event.pid)
         elif isinstance(event, Expired):
@@ -139,6 +164,35 @@ class EventLog:
             if isinstance(event, Reaped):
                 expiry.stack_path = event.stack_path
                 expiry.frame = event.frame
+
+    def _record_held(self, event: Event) -> None:
+        """Follow which scopes each worker holds, and what becomes of those that outlived."""
+        if isinstance(event, Armed):
+            self._held.setdefault(event.pid, set()).add(event.scope_id)
+            return
+        if isinstance(event, Released):
+            held = self._held.get(event.pid)
+            if held is None:
+                return
+            held.discard(event.scope_id)
+            if held:
+                return
+            outcome = "released"
+        elif isinstance(event, Exited):
+            outcome = "exited"
+        elif isinstance(event, Reaped):
+            outcome = "reaped"
+        elif isinstance(event, Unkillable):
+            outcome = "unkillable"
+        elif isinstance(event, Signalled) and event.detail == "notify":
+            outcome = "signalled"
+        else:
+            return
+        if outcome != "unkillable":
+            self._held.pop(event.pid, None)
+        outliver = self._outlived.get(event.pid)
+        if outliver is not None:
+            outliver.outcome = outcome
 
     def summary(
         self,
@@ -158,6 +212,7 @@ class EventLog:
                 workers=len(self._workers),
                 stats=stats,
                 expiries=[msgspec.structs.replace(e) for e in self._expiries.values()],
+                outlived=[msgspec.structs.replace(o) for o in self._outlived.values()],
                 stalled=stalled,
             )
 
@@ -239,4 +294,20 @@ def format_summary(summary: Summary) -> str:
             lines.append(f"    stuck in {_where(expiry.frame)}")
         if expiry.stack_path:
             lines.append(f"    stack dump: {expiry.stack_path}")
+    if summary.outlived:
+        lines.append("  still holding timers when the command exited:")
+    for outliver in summary.outlived:
+        scopes = ", ".join(repr(scope) for scope in outliver.scope_ids)
+        lines.append(f"    pid {outliver.pid} ({scopes}): {_OUTCOMES[outliver.outcome]}")
     return "\n".join(lines)
+
+
+#: How an outliver's ``outcome`` reads in the summary.
+_OUTCOMES = {
+    "holding": "still holding them when the watchdog stopped",
+    "released": "released them",
+    "exited": "exited",
+    "reaped": "killed",
+    "unkillable": "still alive after its final signal",
+    "signalled": "sent a notice",
+}
