@@ -97,7 +97,7 @@ def _stall_overshoot(tmp: Path, stall: float) -> float:
         raise RuntimeError(f"the stalled job ended with {result.returncode}: {result.stderr!r}")
     progress = int(stamp.read_text()) / 1e9
     expired = [
-        record["time"]
+        float(record["time"])
         for record in map(json.loads, events.read_text().splitlines())
         if record["event"] == "expired" and record["scope_id"] == "stall"
     ]

@@ -399,10 +399,28 @@ class TestWatch:
         os.close(slave)
         reader.join(PATIENCE)
         os.close(master)
-        assert b"out is a tty\n" in got
-        assert b"err is a tty\n" in got
-        assert b"\x1b[31mred\x1b[0m\n" in got
-        assert b"\r\n" not in got
+        # One terminal for both streams: one pty, the job's writes in their order.
+        assert bytes(got) == b"out is a tty\nerr is a tty\n\x1b[31mred\x1b[0m\n"
+
+    def test_two_terminals_of_ours_are_two_of_the_job(self):
+        ends = [pty.openpty() for _ in range(2)]
+        for _, slave in ends:
+            tty.setraw(slave)
+        watch = Watch(ProgressOptions(stall=3600, regex="step"), targets=(ends[0][1], ends[1][1]))
+        proc = job(
+            "test -t 1 && echo out is a tty; test -t 2 && echo err is a tty >&2",
+            **watch.child_streams(),
+        )
+        watch.start(lambda message: None)
+        got = [bytearray(), bytearray()]
+        readers = [drain(master, into) for (master, _), into in zip(ends, got, strict=True)]
+        assert proc.wait(PATIENCE) == 0
+        watch.finish()
+        for (master, slave), reader in zip(ends, readers, strict=True):
+            os.close(slave)
+            reader.join(PATIENCE)
+            os.close(master)
+        assert [bytes(g) for g in got] == [b"out is a tty\n", b"err is a tty\n"]
 
     def test_pipes_when_ours_are_not_terminals(self):
         ours_r, ours_w = os.pipe()

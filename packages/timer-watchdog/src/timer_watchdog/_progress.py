@@ -306,6 +306,18 @@ def _pty(like: int) -> tuple[int, int]:
     return master, slave
 
 
+def _same_terminal(first: int, second: int) -> bool:
+    """Tell whether fds ``first`` and ``second`` are both the same terminal."""
+    try:
+        return (
+            os.isatty(first)
+            and os.isatty(second)
+            and os.path.samestat(os.fstat(first), os.fstat(second))
+        )
+    except OSError:
+        return False
+
+
 # -- progress and stalls -------------------------------------------------------------
 
 
@@ -510,7 +522,8 @@ class Watch:
     Use: :meth:`child_streams` for the job's ``Popen``, :meth:`start` once it runs,
     :meth:`finish` once it has exited (or could not be started). A stream of ours that is a terminal is given
     to the job as a pty of its own (so it line-buffers and colours as it would
-    bare); the others as pipes. Without ``regex`` the output is not touched at all.
+    bare), one pty for both when both are the same terminal (so that their order is
+    kept); the others as pipes. Without ``regex`` the output is not touched at all.
     """
 
     def __init__(
@@ -533,10 +546,16 @@ class Watch:
         pattern = re.compile(os.fsencode(options.regex))
         streams = []
         try:
-            for name, target in zip(("stdout", "stderr"), targets, strict=True):
-                ours, theirs = _pty(target) if os.isatty(target) else _pipe()
-                self._child_ends[name] = theirs
-                streams.append(_Stream(ours, target, ProgressScanner(pattern)))
+            if _same_terminal(*targets):
+                # One pty for both: the job's writes keep their order, as on the terminal bare.
+                ours, theirs = _pty(targets[0])
+                self._child_ends = {"stdout": theirs, "stderr": theirs}
+                streams.append(_Stream(ours, targets[0], ProgressScanner(pattern)))
+            else:
+                for name, target in zip(("stdout", "stderr"), targets, strict=True):
+                    ours, theirs = _pty(target) if os.isatty(target) else _pipe()
+                    self._child_ends[name] = theirs
+                    streams.append(_Stream(ours, target, ProgressScanner(pattern)))
         except BaseException:
             self._close_child_ends()
             for stream in streams:
@@ -557,7 +576,7 @@ class Watch:
         return dict(self._child_ends)
 
     def _close_child_ends(self) -> None:
-        for fd in self._child_ends.values():
+        for fd in set(self._child_ends.values()):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._child_ends.clear()
