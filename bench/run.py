@@ -50,7 +50,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         4: {"rounds": 2, "samples_ours": 40, "samples_torch": 20},
         5: {"rounds": 1, "windows": 3, "window": 2.0},
         6: {"rounds": 2, "n": 100_000},
-        8: {"rounds": 1, "size_mb": 100, "repeats": 9, "stalls": 10, "stall": 1.0},
+        8: {"rounds": 1, "size_mb": 100, "repeats": 15, "stalls": 10, "stall": 1.0},
     },
     "quick": {
         0: {"rounds": 1, "samples": 3, "iterations": {"ours": 5_000, "torch": 20}},
