@@ -16,6 +16,7 @@ the pid still names that worker::
 from .__about__ import __version__
 from ._events import (
     Armed,
+    ClockSkew,
     Event,
     Exited,
     Expired,
@@ -37,6 +38,7 @@ from ._server import WatchdogServer
 __all__ = [
     "TERMINATING_SIGNALS",
     "Armed",
+    "ClockSkew",
     "Event",
     "Exited",
     "Expired",

@@ -321,7 +321,8 @@ def _wants_json(argv: Sequence[str]) -> bool:
 class _EchoFilter(logging.Filter):
     """Drop the engine's log lines that repeat an event, which the command prints itself."""
 
-    ECHOES = ("rejected timer request", "worker %d exited holding")
+    #: The messages of the engine's log lines that an event line already tells.
+    ECHOES = ("rejected timer request", "worker %d held ", "worker %d exited holding")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (isinstance(record.msg, str) and record.msg.startswith(self.ECHOES))

@@ -130,8 +130,10 @@ def run(options: Options) -> int:
     except OSError as exc:
         raise CommandError(f"cannot create the {args.transport} endpoint: {exc}") from None
     started = time.monotonic()
-    job_dir = _job_stacks_dir(options.stacks_dir) if options.stacks_dir is not None else None
+    job_dir: str | None = None
     try:
+        if options.stacks_dir is not None:
+            job_dir = _job_stacks_dir(options.stacks_dir)
         policy = _job_policy(options, job_dir)
         server = transport.server(max_interval=args.max_interval, policy=policy)
         unsubscribe = server.subscribe(options.log)
