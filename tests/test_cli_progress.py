@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
@@ -157,6 +158,27 @@ class TestStall:
             "  stalled: no line matching 'step \\d+' for 1 s since the start; no progress seen\n"
             in err
         )
+
+    def test_json_summary_says_why(self):
+        result = watchdog(
+            "run",
+            "--json",
+            "--progress",
+            "step",
+            "--stall",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 600",
+        )
+        assert result.returncode == 128 + signal.SIGKILL, result.stderr
+        summary = json.loads(result.stderr.splitlines()[-1])
+        assert summary["exit_status"] == 128 + signal.SIGKILL
+        assert summary["stalled"] == (
+            "stalled: no line matching 'step' for 1 s since the start; no progress seen"
+        )
+        assert [e["scope_id"] for e in summary["expiries"]] == ["stall"]
 
     def test_a_timer_of_the_job_fires_first(self, tmp_path):
         worker = tmp_path / "worker.py"
