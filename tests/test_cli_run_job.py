@@ -111,6 +111,12 @@ BACKGROUND_JOB = """
             time.sleep(0.02)
         (out / "new-parent.tmp").write_text(str(os.getppid()))
         os.replace(out / "new-parent.tmp", out / "new-parent")
+        # Go on once run has said that it watches this worker.
+        end = time.monotonic() + 60
+        while "still hold timers" not in (out / "stderr").read_text():
+            if time.monotonic() > end:
+                sys.exit("run never said it watches the worker")
+            time.sleep(0.02)
     with expires(after=0.3, scope="step"):
         hung_after_the_command_exited()
 """
@@ -119,23 +125,25 @@ BACKGROUND_JOB = """
 def test_processes_holding_timers_after_the_command_exits_are_policed(tmp_path, pids_to_kill):
     job = script(tmp_path, BACKGROUND_JOB)
     events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        [*WATCHDOG, "run", "--events", str(events), "--", sys.executable, job, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err_file:
+        proc = subprocess.Popen(
+            [*WATCHDOG, "run", "--events", str(events), "--", sys.executable, job, str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
     wait_for("the job to start its workers", (tmp_path / "pids").exists)
     worker, quick = map(int, (tmp_path / "pids").read_text().split())
     pids_to_kill.extend([worker, quick])
     # The orphan that exited is waited for by `run`, its new parent: no zombie is left.
     wait_for(f"the orphan {quick} to be reaped", lambda: process_stat(quick) is None)
     try:
-        _, err = proc.communicate(timeout=BOUND)
+        proc.wait(timeout=BOUND)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
+    err = stderr.read_text()
     assert proc.returncode == 0, err
     # The worker was re-parented to `run` (a subreaper), not to init.
     assert (tmp_path / "new-parent").read_text() == str(proc.pid)

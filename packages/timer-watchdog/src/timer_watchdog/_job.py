@@ -266,6 +266,17 @@ class Job:
             f"press {key} (or send SIGINT/SIGTERM to pid {os.getpid()}) to end it"
         )
 
+    def lives_on(self) -> bool:
+        """Tell whether a process of the job is still running (COMMAND's included)."""
+        if self.status is None:
+            return True
+        own_group = os.getpgrp()
+        for pid in _children():
+            stat = _stat_fields(pid)
+            if stat is not None and stat[0] not in "ZXx" and stat[2] != own_group:
+                return True
+        return False
+
     def _reap_orphans(self) -> None:
         """Wait for the job's orphans that have exited, so that none is left a zombie.
 

@@ -34,6 +34,10 @@ logger = logging.getLogger("timer_watchdog")
 #: Seconds between two looks at the reaps still under way when the job has ended.
 DRAIN_STEP = 0.02
 
+#: Longest wait, once COMMAND has exited while other processes of the job run on, for
+#: the server to read what they wrote before (two rounds of its loop, when it is busy).
+SETTLE_LIMIT = 2.0
+
 #: Exit statuses of a COMMAND that could not be started, as shells use them.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
 
@@ -86,8 +90,25 @@ def _holding(server: WatchdogServer) -> bool:
     return bool(stats.timers or stats.reaping)
 
 
+def _settle(job: Job, server: WatchdogServer) -> None:
+    """Let the server take in the requests the job wrote before COMMAND exited.
+
+    Two completed rounds of the server's loop read everything already written; the
+    wait ends sooner when no process of the job is left, and at :data:`SETTLE_LIMIT`
+    (an idle loop may sleep longer than that when nothing is written).
+    """
+    loops = server.stats().loops
+    end = time.monotonic() + SETTLE_LIMIT
+    job.wait(
+        until=lambda: (
+            server.stats().loops >= loops + 2 or not job.lives_on() or time.monotonic() >= end
+        )
+    )
+
+
 def _police_outliving(job: Job, server: WatchdogServer, options: Options) -> None:
     """Keep policing the job's processes that still hold timers once COMMAND has exited."""
+    _settle(job, server)
     holders = options.log.command_exited(job.pid)
     if not _holding(server):
         return
