@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest
+from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest, decode_json
 from timer_watchdog import (
     Armed,
     Exited,
@@ -562,3 +563,186 @@ def wait_until_stats(h, condition, timeout: float = PATIENCE) -> None:
         if time.monotonic() > end:
             pytest.fail(f"stats never matched: {h.server.stats()}")
         time.sleep(0.005)
+
+
+def _sentinel_reaped(h, spawn) -> None:
+    """Have another worker reaped: proof that the loop went on past earlier deadlines."""
+    sentinel = spawn()
+    h.put(sentinel.request(after=0.2))
+    h.events.wait_for(Reaped, sentinel.pid)
+
+
+class TestSignalPrecedence:
+    @pytest.mark.parametrize(
+        ("policy", "asked", "sent"),
+        [
+            ({}, None, signal.SIGKILL),
+            ({"signal": signal.SIGTERM}, None, signal.SIGTERM),
+            ({"signal": signal.SIGTERM}, signal.SIGKILL, signal.SIGKILL),
+            ({"signal": signal.SIGTERM}, signal.SIGINT, signal.SIGINT),
+            ({"signal": signal.SIGTERM, "force_signal": True}, signal.SIGKILL, signal.SIGTERM),
+            ({"signal": signal.SIGTERM, "force_signal": True}, 0, signal.SIGTERM),
+            ({"signal": signal.SIGTERM, "force_signal": True}, -1, signal.SIGTERM),
+        ],
+    )
+    def test_signal_sent(self, make_server, spawn, policy, asked, sent):
+        h = make_server(policy=WatchdogPolicy(**policy))
+        child = spawn()
+        h.put(child.request(after=0.1, signal=asked))
+        assert child.wait() == -sent
+        assert [e.signal for e in h.events.of(Signalled, child.pid)] == [sent]
+
+    @pytest.mark.parametrize(
+        ("policy", "asked"),
+        [
+            ({}, 0),
+            ({}, -1),
+            ({"signal": signal.SIGTERM}, 0),
+            ({"observe_only": True}, signal.SIGKILL),
+            ({"observe_only": True, "force_signal": True}, None),
+        ],
+    )
+    def test_observed_not_signalled(self, make_server, spawn, policy, asked):
+        h = make_server(policy=WatchdogPolicy(**policy))
+        child = spawn()
+        h.put(child.request("a", after=0.1, signal=asked), child.request("b", after=0.4))
+        if policy.get("observe_only"):
+            expired = h.events.wait_for(Expired, child.pid, count=2)
+        else:
+            # b is the server's choice: it kills the child, once a was only reported.
+            assert child.wait() == -policy.get("signal", signal.SIGKILL)
+            expired = h.events.wait_for(Expired, child.pid, count=2)
+            assert [e.scope_id for e in h.events.of(Signalled, child.pid)] == ["b"]
+        first = expired[0]
+        assert (first.scope_id, first.signal, first.action) == ("a", asked, 0)
+        if policy.get("observe_only"):
+            assert child.alive()
+            assert h.events.of(Signalled, child.pid) == []
+
+    @pytest.mark.parametrize("signum", [0, -1])
+    def test_torch_line_with_signal_zero_or_negative_observes(self, make_server, spawn, signum):
+        h = make_server()
+        child = spawn()
+        line = json.dumps(
+            {
+                "version": 1,
+                "pid": child.pid,
+                "scope_id": "torch",
+                "expiration_time": time.time() + 0.1,
+                "signal": signum,
+            }
+        )
+        h.put(decode_json(line))
+        expired = h.events.wait_for(Expired, child.pid)[0]
+        assert (expired.signal, expired.action) == (signum, 0)
+        _sentinel_reaped(h, spawn)
+        assert child.alive()
+        assert h.events.of(Signalled, child.pid) == []
+        wait_until_stats(h, lambda s: s.timers == 0 and s.workers == 1)
+
+    def test_sigterm_reaches_a_checkpointing_handler_then_sigkill_after_grace(
+        self, make_server, spawn, tmp_path
+    ):
+        h = make_server(policy=WatchdogPolicy(signal=signal.SIGTERM, grace=0.5))
+        checkpoint = tmp_path / "checkpoint"
+        child = spawn(
+            """
+            def on_term(*_):
+                with open(sys.argv[1], "w") as f:
+                    f.write("saved")
+                # and stays hung
+
+            signal.signal(signal.SIGTERM, on_term)
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.05)
+            """,
+            str(checkpoint),
+        )
+        h.put(child.request(after=0.1))  # the server's choice, as both clients send by default
+        assert child.wait() == -signal.SIGKILL
+        assert checkpoint.read_text() == "saved"
+        sent = [(e.signal, e.detail) for e in h.events.of(Signalled, child.pid)]
+        assert sent == [(signal.SIGTERM, "first"), (signal.SIGKILL, "escalation")]
+
+
+class TestObserveOnlyKeepsTimers:
+    def test_every_expiry_is_reported_and_the_rest_stay_armed(self, make_server, spawn):
+        h = make_server(policy=WatchdogPolicy(observe_only=True))
+        child = spawn()
+        h.put(
+            child.request("a", after=0.1),
+            child.request("b", after=0.5),
+            child.request("c", after=3600),
+        )
+        expired = h.events.wait_for(Expired, child.pid, count=2)
+        assert [e.scope_id for e in expired] == ["a", "b"]
+        wait_until_stats(h, lambda s: s.timers == 1 and s.reaping == 0)
+        held = h.server.get_expired_timers(time.time() + 7200)
+        assert [r.scope_id for r in held[child.pid]] == ["c"]
+        assert child.alive()
+        assert h.events.of(Signalled) == []
+
+
+class _Gate:
+    """A subscriber that holds the first event's delivery until told to let it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, event) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(PATIENCE)
+
+
+class TestStatsAgreeWithEvents:
+    def test_a_counted_rejection_has_been_delivered(self, make_server):
+        h = make_server(start=False)
+        gate = _Gate()
+        h.server.subscribe(gate)  # delivered after the harness's recorder, before this one
+        seen: list[tuple[int, int]] = []
+        recorder: list[object] = []
+        h.server.subscribe(recorder.append)
+        bad = InvalidRequestError(RejectReason.MALFORMED, "not json", b"{")
+        feeder = threading.Thread(target=h.server._reject, args=(bad,))
+        feeder.start()
+        assert gate.entered.wait(PATIENCE)
+
+        def read() -> None:
+            stats = h.server.stats()
+            seen.append((stats.rejected, len(recorder)))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(2.0)  # the old engine answered at once, mid-delivery
+        gate.release.set()
+        reader.join(PATIENCE)
+        feeder.join(PATIENCE)
+        assert seen == [(1, 1)]
+
+    def test_counters_never_run_ahead_of_events_under_load(self, make_server, spawn):
+        h = make_server()
+        child = spawn()
+        rejected: list[object] = []
+        h.server.subscribe(lambda e: rejected.append(e) if isinstance(e, Rejected) else None)
+        stop = threading.Event()
+        behind: list[tuple[int, int]] = []
+
+        def poll() -> None:
+            while not stop.is_set():
+                stats = h.server.stats()
+                if stats.rejected > len(rejected):
+                    behind.append((stats.rejected, len(rejected)))
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            for i in range(200):
+                h.put(TimerRequest(1, f"s{i}", time.time()), child.request(f"ok{i}", after=60))
+            wait_until_stats(h, lambda s: s.rejected == 200 and s.armed == 200)
+        finally:
+            stop.set()
+            poller.join(PATIENCE)
+        assert behind == []

@@ -83,6 +83,7 @@ def _readable(fd: int) -> bool:
 def _open_pidfd(pid: int) -> int | None:
     """Open a pidfd on ``pid``; ``None`` where pidfds are unavailable; raise :class:`ProcessGone`."""
     if _pidfd_open is None or _pidfd_send_signal is None:
+        _warn_no_pidfd(errno.ENOSYS)
         return None
     try:
         fd: int = _pidfd_open(pid)
@@ -91,15 +92,20 @@ def _open_pidfd(pid: int) -> int | None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EMFILE, errno.ENFILE):
             raise
-        if exc.errno not in _warned_no_pidfd:
-            _warned_no_pidfd.add(exc.errno)
-            logger.warning(
-                "cannot open a pidfd (%s): identifying workers by /proc start time instead, "
-                "which cannot tell apart a pid reused within one clock tick",
-                os.strerror(exc.errno),
-            )
+        _warn_no_pidfd(exc.errno)
         return None
     return fd
+
+
+def _warn_no_pidfd(code: int) -> None:
+    """Say once per cause that workers are identified by /proc alone."""
+    if code not in _warned_no_pidfd:
+        _warned_no_pidfd.add(code)
+        logger.warning(
+            "cannot open a pidfd (%s): identifying workers by /proc start time instead, "
+            "which cannot tell apart a pid reused within one clock tick",
+            os.strerror(code),
+        )
 
 
 class Procfs:

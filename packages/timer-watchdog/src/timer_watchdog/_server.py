@@ -65,6 +65,17 @@ _COUNTERS = (
 )
 
 
+def _check_scope_and_signal(scope: object, signum: object) -> None:
+    """Raise the ``InvalidRequestError`` that a bad ``scope_id`` or ``signal`` deserves."""
+    if type(scope) is not str or not isinstance(signum, int) or isinstance(signum, bool):
+        raise InvalidRequestError(
+            RejectReason.WRONG_TYPE,
+            f"scope_id {type(scope).__name__}, signal {type(signum).__name__}",
+        )
+    if signum > 64:
+        raise InvalidRequestError(RejectReason.OUT_OF_RANGE, f"signal {signum} above 64")
+
+
 class WatchdogServer(TimerServer):
     """Arm timers from ``request_queue`` and reap every worker whose timer expires.
 
@@ -221,8 +232,11 @@ class WatchdogServer(TimerServer):
                 offset = mono - self._wall_clock()
                 n_armed = n_released = n_skewed = 0
                 cap = self._policy.max_timers_per_worker
-                #: Known workers whose pidfd was checked in this batch.
+                tolerance = CLOCK_TOLERANCE
+                #: Known workers whose pidfd was checked in this batch (and the last one).
                 checked: set[int] = set()
+                last_checked = 0
+                forgotten = False
                 for request in timer_requests:
                     try:
                         pid = request.worker_id
@@ -230,15 +244,6 @@ class WatchdogServer(TimerServer):
                         expiration = request.expiration_time
                         start_time = request.start_time
                         worker = get_worker(pid)
-                        if worker is not None and pid not in checked:
-                            # Once per batch, not per request: a pidfd poll, no /proc read.
-                            checked.add(pid)
-                            handle = handles.get(pid)
-                            if handle is not None and not handle.alive():
-                                # The pinned process is gone: whoever uses its pid now
-                                # (even with the same start time) is a new process.
-                                self._forget(pid, events, "pid reused by a new worker")
-                                worker = None
                         if expiration < 0:
                             if (
                                 worker is not None
@@ -251,6 +256,18 @@ class WatchdogServer(TimerServer):
                                         Released(time=mono - offset, pid=pid, scope_id=scope)
                                     )
                             continue
+                        if worker is not None and pid != last_checked and pid not in checked:
+                            # Once per batch, not per request: a pidfd poll, no /proc read.
+                            # (A release needs none: a dead worker's timers go anyway.)
+                            checked.add(pid)
+                            last_checked = pid
+                            handle = handles.get(pid)
+                            if handle is not None and not handle.alive():
+                                # The pinned process is gone: whoever uses its pid now
+                                # (even with the same start time) is a new process.
+                                self._forget(pid, events, "exited; a new request names its pid")
+                                forgotten = True
+                                worker = None
                         converted = expiration + offset
                         deadline = request.deadline
                         if deadline is None:
@@ -262,29 +279,22 @@ class WatchdogServer(TimerServer):
                             )
                         signum = request.signal
                         if type(scope) is not str or (
-                            signum is not None
-                            and type(signum) is not int
-                            and (not isinstance(signum, int) or isinstance(signum, bool))
+                            signum is not None and (type(signum) is not int or signum > 64)
                         ):
-                            raise InvalidRequestError(
-                                RejectReason.WRONG_TYPE,
-                                f"scope_id {type(scope).__name__}, signal {type(signum).__name__}",
-                            )
-                        if signum is not None and signum > 64:
-                            raise InvalidRequestError(
-                                RejectReason.OUT_OF_RANGE, f"signal {signum} above 64"
-                            )
+                            _check_scope_and_signal(scope, signum)
                         if worker is None or (
                             start_time is not None and start_time != worker.start_time
                         ):
+                            forgotten = forgotten or worker is not None
                             worker = self._admit(request, worker, events)
                             checked.add(pid)
-                        if len(worker) >= cap and scope not in worker.timers:
+                        timers = worker.timers
+                        if len(timers) >= cap and scope not in timers:
                             raise InvalidRequestError(
                                 RejectReason.TOO_MANY_TIMERS,
-                                f"pid {pid} already holds {len(worker)} timers (limit {cap})",
+                                f"pid {pid} already holds {len(timers)} timers (limit {cap})",
                             )
-                        if abs(deadline - converted) > CLOCK_TOLERANCE:
+                        if not -tolerance <= deadline - converted <= tolerance:
                             # Another time namespace: its monotonic clock is not ours.
                             n_skewed += 1
                             events.append(
@@ -331,12 +341,16 @@ class WatchdogServer(TimerServer):
                 counts["armed"] += n_armed
                 counts["released"] += n_released
                 counts["clock_skew"] += n_skewed
-                counts["rejected"] += len(rejected)
-                counts["exited"] += sum(1 for event in events if isinstance(event, Exited))
-            refusals = [self._refusal(error, request) for error, request in rejected]
-            self._deliver(refusals)
-            self._deliver(events)
-        self._close_handles(block=False)
+                if rejected:
+                    counts["rejected"] += len(rejected)
+                if forgotten:
+                    counts["exited"] += sum(1 for event in events if isinstance(event, Exited))
+            if rejected:
+                self._deliver([self._refusal(error, request) for error, request in rejected])
+            if events:
+                self._deliver(events)
+        if forgotten:
+            self._close_handles(block=False)
 
     def _admit(self, request: TimerRequest, known: Worker | None, events: list[Event]) -> Worker:
         """Prove who sent ``request`` and start tracking it; raise ``InvalidRequestError`` if not.
@@ -566,6 +580,10 @@ class WatchdogServer(TimerServer):
         one that is only observed is reported and dropped, so the worker's other
         timers stay armed.
         """
+        with self._lock:
+            deadline = self._table.next_deadline()
+        if deadline is None or deadline > now:
+            return
         events: list[Event] = []
         with self._reap_lock, self._report_lock:
             with self._lock:
