@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _impls, client_rate, expires_cost, idle, imports, ingest, memory, reap
+from bench import _impls, client_rate, expires_cost, idle, imports, ingest, memory, progress, reap
 from bench._child import ROOT
 from bench._report import Figure, markdown_table, text_table
 
@@ -38,6 +38,7 @@ WORKLOADS = {
     4: ("reap overshoot", reap.figures),
     5: ("idle server CPU", idle.figures),
     6: ("memory per timer", memory.figures),
+    8: ("run --progress", progress.figures),
 }
 
 SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
@@ -49,6 +50,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         4: {"rounds": 2, "samples_ours": 40, "samples_torch": 20},
         5: {"rounds": 1, "windows": 3, "window": 2.0},
         6: {"rounds": 2, "n": 100_000},
+        8: {"rounds": 1, "size_mb": 100, "repeats": 15, "stalls": 10, "stall": 1.0},
     },
     "quick": {
         0: {"rounds": 1, "samples": 3, "iterations": {"ours": 5_000, "torch": 20}},
@@ -58,6 +60,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         4: {"rounds": 1, "samples_ours": 10, "samples_torch": 8},
         5: {"rounds": 1, "windows": 1, "window": 1.0},
         6: {"rounds": 1, "n": 20_000},
+        8: {"rounds": 1, "size_mb": 20, "repeats": 3, "stalls": 2, "stall": 1.0},
     },
 }
 

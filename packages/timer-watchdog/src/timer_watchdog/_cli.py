@@ -17,6 +17,7 @@ from timer_api import check_stack_directory
 
 from .__about__ import __version__
 from ._policy import WatchdogPolicy
+from ._progress import add_options as add_progress_options
 from ._summary import EventLog
 from ._transports import ENTRY_POINT_GROUP, TransportError, available
 
@@ -51,7 +52,8 @@ Exit status: COMMAND's (128 + N if a signal N ended it), 2 for bad arguments,
 examples:
   {PROG} run -- python train.py
   {PROG} run --stacks ./stacks --grace 10 --signal SIGTERM -- torchrun train.py
-  {PROG} run --events - --json -- ./job.sh"""
+  {PROG} run --events - --json -- ./job.sh
+  {PROG} run --progress 'step \\d+' --stall 10m --startup 30m -- ./train.sh"""
 
 _SERVE_EPILOG = f"""\
 Runs in the foreground and logs to stderr until SIGTERM or SIGINT. Workers find
@@ -233,6 +235,7 @@ def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _metrics_options(run, http=False)
+    add_progress_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the job to run, after '--'")
     serve = commands.add_parser(
         "serve",

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 from timer_api import process_start_time
@@ -64,11 +64,16 @@ def become_subreaper() -> str | None:
     return None
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``command`` as the leader of a new process group."""
+def _spawn(
+    command: list[str], env: dict[str, str], streams: Mapping[str, int] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` as the leader of a new process group (``streams``: its stdout/stderr)."""
+    out, err = (streams.get("stdout"), streams.get("stderr")) if streams else (None, None)
     if sys.version_info >= (3, 11):
-        return subprocess.Popen(command, env=env, process_group=0)
-    return subprocess.Popen(command, env=env, preexec_fn=os.setpgrp)  # pragma: no cover
+        return subprocess.Popen(command, env=env, process_group=0, stdout=out, stderr=err)
+    return subprocess.Popen(  # pragma: no cover
+        command, env=env, preexec_fn=os.setpgrp, stdout=out, stderr=err
+    )
 
 
 def _children() -> list[int]:
@@ -157,9 +162,12 @@ class Job:
     def _on_child(self, signum: int, frame: FrameType | None) -> None:
         self._wake.set()
 
-    def start(self) -> None:
-        """Start COMMAND in a new process group; raise ``OSError`` if it cannot be started."""
-        self._proc = _spawn(self.command, self._env)
+    def start(self, streams: Mapping[str, int] | None = None) -> None:
+        """Start COMMAND in a new process group; raise ``OSError`` if it cannot be started.
+
+        ``streams`` may give COMMAND's ``stdout`` and ``stderr`` fds (default: ours).
+        """
+        self._proc = _spawn(self.command, self._env, streams)
 
     def signal_also(self, pids: list[int]) -> None:
         """Pass the signals received from now on to ``pids`` too (checked by start time)."""

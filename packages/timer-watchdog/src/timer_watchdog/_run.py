@@ -9,6 +9,7 @@ the job's processes that still hold timers, then stop, clean up and print the su
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -22,8 +23,9 @@ from ._cli import CommandError, Options
 from ._job import FORWARDED_SIGNALS, Job, become_subreaper, exit_status
 from ._metrics import Exporter
 from ._policy import WatchdogPolicy
+from ._progress import Watch, progress_options, stall_requests
 from ._server import WatchdogServer
-from ._summary import format_summary
+from ._summary import EventLog, format_summary
 from ._transports import load
 
 __all__ = ["FORWARDED_SIGNALS", "exit_status", "finish_reaps", "run"]
@@ -122,10 +124,22 @@ def _police_outliving(job: Job, server: WatchdogServer, options: Options) -> Non
     job.wait(until=lambda: not _holding(server))
 
 
+def _stop_stalled(log: EventLog, server: WatchdogServer, leader: int, message: str) -> None:
+    """Expire a ``stall`` timer of every process of the job now: the engine reaps them all."""
+    log.note(f"{message}; stopping the job")
+    server.register_timers(stall_requests(leader))
+    # The loop may be waiting for up to max_interval: wake it to reap at once.
+    server._request_queue.interrupt()
+
+
 def run(options: Options) -> int:
     """Run ``options.args.command`` under a watchdog on a private endpoint; return the exit status."""
     args = options.args
     command: list[str] = args.command
+    try:
+        liveness = progress_options(args)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     problem = become_subreaper()
     if problem is not None:
         options.log.note(
@@ -150,18 +164,32 @@ def run(options: Options) -> int:
         if job_dir is not None:
             env[STACKS_DIR_ENV] = job_dir
             env[STACK_SIGNAL_ENV] = str(policy.stack_signal)
+        watch = None if liveness is None else Watch(liveness)
         server.start()
         exporter.start(options.log.note)
         try:
             with Job(command, env, note=options.log.note) as job:
                 try:
-                    job.start()
-                except FileNotFoundError:
-                    raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
-                except PermissionError:
-                    raise CommandError(f"{command[0]}: permission denied", NOT_EXECUTABLE) from None
-                job.wait()
-                _police_outliving(job, server, options)
+                    try:
+                        job.start(watch.child_streams() if watch is not None else None)
+                    except FileNotFoundError:
+                        raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
+                    except PermissionError:
+                        raise CommandError(
+                            f"{command[0]}: permission denied", NOT_EXECUTABLE
+                        ) from None
+                    if watch is not None:
+                        watch.start(functools.partial(_stop_stalled, options.log, server, job.pid))
+                    job.wait()
+                    if watch is not None:
+                        watch.stop_clock()
+                        if watch.stalled is not None:
+                            # The stall's own timers are not holders that outlived COMMAND.
+                            finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
+                    _police_outliving(job, server, options)
+                finally:
+                    if watch is not None:
+                        watch.finish()
             assert job.status is not None
             status = job.status
             finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
@@ -179,6 +207,7 @@ def run(options: Options) -> int:
         exit_status=status,
         seconds=time.monotonic() - started,
         stats=stats,
+        stalled=None if watch is None else watch.stalled,
     )
     if args.json:
         options.log.write(msgspec.json.encode(summary).decode())

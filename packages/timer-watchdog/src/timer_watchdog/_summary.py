@@ -83,6 +83,8 @@ class Summary(msgspec.Struct, kw_only=True):
     expiries: list[Expiry]
     #: ``run`` only: processes that still held timers when COMMAND exited.
     outlived: list[Outliver] = []
+    #: ``run --progress/--heartbeat`` only: why the job was stopped, if it stalled.
+    stalled: str | None = None
 
 
 _QUIET = (Armed, Released)
@@ -200,7 +202,13 @@ class EventLog:
             outliver.outcome = outcome
 
     def summary(
-        self, *, stopped: str, exit_status: int, seconds: float, stats: WatchdogStats
+        self,
+        *,
+        stopped: str,
+        exit_status: int,
+        seconds: float,
+        stats: WatchdogStats,
+        stalled: str | None = None,
     ) -> Summary:
         """Return the summary of everything recorded so far."""
         with self._lock:
@@ -212,6 +220,7 @@ class EventLog:
                 stats=stats,
                 expiries=[msgspec.structs.replace(e) for e in self._expiries.values()],
                 outlived=[msgspec.structs.replace(o) for o in self._outlived.values()],
+                stalled=stalled,
             )
 
 
@@ -277,6 +286,8 @@ def format_summary(summary: Summary) -> str:
         f"  workers seen: {summary.workers}, timers armed: {stats.armed}, "
         f"expired: {stats.expired}, rejected requests: {stats.rejected}",
     ]
+    if summary.stalled is not None:
+        lines.append(f"  {summary.stalled}")
     if not summary.expiries:
         lines.append("  no timer expired")
     for expiry in summary.expiries:

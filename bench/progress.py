@@ -1,0 +1,205 @@
+"""Workload 8: ``timer-watchdog run --progress``: what passing a job's output costs, stall timing.
+
+Pass-through: a job ``cat``s a 100 MB log (one line in 100 a ``step N`` line) to a
+file, bare, under ``run``, and under ``run --progress 'step \\d+'``, in rotating
+order. The job times its own ``cat`` (``date +%s%N`` before and after), so the
+figures are what the pump costs the job, free of ``timer-watchdog``'s start-up: best
+time against best time (the pump's own cost), and run against the bare run next to it
+(what a loaded machine adds). The whole command's wall time is in the raw record too.
+
+Stall: a job prints one progress line, notes the time, and sleeps; with
+``--stall S`` the overshoot is the ``stall`` timer's ``expired`` event time minus
+that note minus S (the note is taken just before the line is written, so the
+figure errs high).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._child import child_main
+from bench._collect import figure, interleaved
+from bench._report import Figure
+
+__all__ = ["figures", "main", "measure"]
+
+PROGRESS = r"step \d+"
+_TIMED_CAT = 's=$(date +%s%N); cat "$1"; e=$(date +%s%N); echo "$s $e" > "$2"'
+
+
+def _write_log(path: Path, size: int) -> None:
+    """Write ``size`` bytes of log lines, one in 100 a progress line."""
+    rng = random.Random(8)
+    written = 0
+    i = 0
+    with open(path, "wb") as out:
+        while written < size:
+            i += 1
+            if i % 100 == 0:
+                line = b"step %d loss %.4f\n" % (i // 100, rng.random())
+            else:
+                line = b"INFO rank %d: batch %d, %.1f tokens/s, lr %.3e\n" % (
+                    i % 8,
+                    i,
+                    rng.random() * 1e5,
+                    rng.random(),
+                )
+            out.write(line)
+            written += len(line)
+
+
+def _watchdog(*args: str) -> list[str]:
+    return [sys.executable, "-m", "timer_watchdog", "run", *args, "--"]
+
+
+def _pass(prefix: list[str], log: Path, sink: Path, stamp: Path) -> tuple[float, float]:
+    """Run the timed ``cat`` under ``prefix``; return (the job's cat seconds, whole wall seconds)."""
+    with open(sink, "wb") as out:
+        start = time.perf_counter()
+        subprocess.run(
+            [*prefix, "sh", "-c", _TIMED_CAT, "sh", str(log), str(stamp)],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=300,
+        )
+        wall = time.perf_counter() - start
+    if sink.stat().st_size != log.stat().st_size:
+        raise RuntimeError(f"{sink} has {sink.stat().st_size} bytes, the log {log.stat().st_size}")
+    begin, end = (int(word) for word in stamp.read_text().split())
+    return (end - begin) / 1e9, wall
+
+
+def _stall_overshoot(tmp: Path, stall: float) -> float:
+    """Return how late a stall of ``stall`` seconds was acted on, in seconds."""
+    events, stamp = tmp / "events.jsonl", tmp / "stamp"
+    events.unlink(missing_ok=True)
+    job = f"date +%s%N > {stamp}; echo step 1; exec sleep 600"
+    result = subprocess.run(
+        [
+            *_watchdog("--progress", PROGRESS, "--stall", f"{stall:g}", "--events", str(events)),
+            "sh",
+            "-c",
+            job,
+        ],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 137:
+        raise RuntimeError(f"the stalled job ended with {result.returncode}: {result.stderr!r}")
+    progress = int(stamp.read_text()) / 1e9
+    expired = [
+        float(record["time"])
+        for record in map(json.loads, events.read_text().splitlines())
+        if record["event"] == "expired" and record["scope_id"] == "stall"
+    ]
+    return min(expired) - progress - stall
+
+
+def measure(impl: str, size_mb: int, repeats: int, stalls: int, stall: float) -> dict[str, Any]:
+    """Pass ``size_mb`` MB ``repeats`` times per way; time ``stalls`` stalls of ``stall`` s."""
+    if impl != "ours":
+        raise ValueError("torch has no run --progress")
+    ways = {
+        "bare": [],
+        "run": _watchdog(),
+        "progress": _watchdog("--progress", PROGRESS, "--stall", "1h"),
+    }
+    job: dict[str, list[float]] = {way: [] for way in ways}
+    wall: dict[str, list[float]] = {way: [] for way in ways}
+    with tempfile.TemporaryDirectory(prefix="bench-progress-") as name:
+        tmp = Path(name)
+        log = tmp / "log"
+        _write_log(log, size_mb * 2**20)
+        _pass([], log, tmp / "sink", tmp / "stamp")  # warm the page cache
+        order = list(ways)
+        for r in range(repeats):
+            for way in order[r % 3 :] + order[: r % 3]:
+                seconds, whole = _pass(ways[way], log, tmp / "sink", tmp / "stamp")
+                job[way].append(seconds)
+                wall[way].append(whole)
+        overshoot = [_stall_overshoot(tmp, stall) for _ in range(stalls)]
+    overhead = [100.0 * (p / b - 1.0) for p, b in zip(job["progress"], job["bare"], strict=True)]
+    return {
+        "job_seconds": job,
+        "wall_seconds": wall,
+        "overhead_percent": overhead,
+        "overhead_of_medians_percent": 100.0
+        * (statistics.median(job["progress"]) / statistics.median(job["bare"]) - 1.0),
+        "overhead_of_best_percent": 100.0 * (min(job["progress"]) / min(job["bare"]) - 1.0),
+        "stall_overshoot": overshoot,
+    }
+
+
+def main() -> None:
+    """Run :func:`measure` with the JSON parameters of this process."""
+    child_main(measure)
+
+
+def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[str, Any]]:
+    """Measure the pass-through cost and the stall overshoot (ours only: torch has neither)."""
+    params = {k: cfg[k] for k in ("size_mb", "repeats", "stalls", "stall")}
+    runs = interleaved("progress", ["ours"], cfg["rounds"], params, timeout=1800.0)
+    raw = {"results": runs.of("ours"), "errors": runs.errors}
+    size = cfg["size_mb"]
+    return [
+        figure(
+            runs,
+            lambda r: [r["overhead_of_best_percent"]],
+            key="progress_passthrough_best",
+            workload=8,
+            title=f"run --progress: {size} MB of a job's output passed through, "
+            "job's best time vs bare's best",
+            unit="% more",
+            better="lower",
+            target=5.0,
+            note="best of the repeats of each way: what the pump costs when the other "
+            "load of the machine leaves it a core; the job times its own cat of a log "
+            "file into a file, timer-watchdog's start-up is not in it",
+        ),
+        figure(
+            runs,
+            lambda r: r["overhead_percent"],
+            key="progress_passthrough",
+            workload=8,
+            title=f"run --progress: {size} MB passed through, job's time vs bare, paired runs",
+            unit="% more",
+            better="lower",
+            note="each run of the job under run --progress against the bare run next to "
+            "it: on a loaded machine the pump competes for a core, and this shows it",
+        ),
+        figure(
+            runs,
+            lambda r: [
+                p - q
+                for p, q in zip(
+                    r["wall_seconds"]["progress"], r["wall_seconds"]["run"], strict=True
+                )
+            ],
+            key="progress_passthrough_wall",
+            workload=8,
+            title=f"run --progress minus run, whole command, {size} MB passed",
+            unit="s",
+            better="lower",
+        ),
+        figure(
+            runs,
+            lambda r: [1000.0 * s for s in r["stall_overshoot"]],
+            key="progress_stall_overshoot",
+            workload=8,
+            title=f"stall acted on after --stall {cfg['stall']:g}: overshoot",
+            unit="ms",
+            better="lower",
+            target=1000.0,
+            stat="p99",
+        ),
+    ], raw

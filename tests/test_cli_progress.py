@@ -1,0 +1,393 @@
+"""End to end: ``timer-watchdog run --progress/--heartbeat`` on real shell jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tty
+
+import pytest
+
+#: Bound on any one command; only reached when something is broken.
+BOUND = 60.0
+
+STALLED = re.compile(
+    r"  stalled: no line matching 'step \\d\+' for 1 s; "
+    r"last progress: 'step 3 loss 0\.3' at \d\d:\d\d:\d\d\n"
+)
+
+#: Prints three progress lines, one line on stderr, then hangs (a child holds on too).
+PROGRESS_THEN_HANG = (
+    "for i in 1 2 3; do echo step $i loss 0.$i; done; echo on stderr >&2; "
+    "sleep 600 & sleep 600; echo never"
+)
+
+
+def watchdog(*args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    """Run ``timer-watchdog ARGS`` to the end and return what it did (bytes)."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run(
+        [sys.executable, "-m", "timer_watchdog", *args],
+        timeout=BOUND,
+        check=False,
+        **kwargs,
+    )
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"not within {timeout:g}s: {what}")
+        time.sleep(0.02)
+
+
+class TestStall:
+    def test_progress_then_silence_kills_the_whole_job(self):
+        result = watchdog(
+            "run", "--progress", r"step \d+", "--stall", "1", "--", "sh", "-c", PROGRESS_THEN_HANG
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGKILL, err
+        assert result.stdout == b"step 1 loss 0.1\nstep 2 loss 0.2\nstep 3 loss 0.3\n"
+        assert err.startswith("on stderr\n")
+        assert STALLED.search(err), err
+        # The live line, then the sh and its background sleep killed as expired timers.
+        assert "; stopping the job\n" in err
+        assert "still holding timers" not in err  # the stall's timers are no outlivers
+        assert len(re.findall(r"pid \d+: killed with SIGKILL, .* of 'stall'", err)) >= 2, err
+
+    def test_the_policy_signal_applies(self):
+        result = watchdog(
+            "run",
+            "--progress",
+            r"step \d+",
+            "--stall",
+            "1s",
+            "--signal",
+            "TERM",
+            "--",
+            "sh",
+            "-c",
+            "echo step 1; exec sleep 600",
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGTERM, err
+        assert "killed with SIGTERM" in err
+        assert "last progress: 'step 1'" in err
+
+    def test_keeps_printing_is_never_touched(self):
+        result = watchdog(
+            "run",
+            "--progress",
+            r"step \d+",
+            "--stall",
+            "20",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo step $i; sleep 0.05; done",
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 0, err
+        assert "stalled" not in err
+        assert "no timer expired" in err
+        assert result.stdout.splitlines()[-1] == b"step 20"
+
+    def test_startup_allows_a_slow_start(self, tmp_path):
+        go = tmp_path / "go"
+        # Without --startup the job would stall at 1 s; it waits for the test, then runs.
+        result_proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "timer_watchdog",
+                "run",
+                "--progress",
+                r"step \d+",
+                "--stall",
+                "30",
+                "--startup",
+                "60",
+                "--",
+                "sh",
+                "-c",
+                f"echo starting; while [ ! -e {go} ]; do sleep 0.05; done; echo step 1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert result_proc.stdout is not None
+            assert result_proc.stdout.readline() == b"starting\n"
+            go.touch()
+            out, err = result_proc.communicate(timeout=BOUND)
+        finally:
+            result_proc.kill()
+            result_proc.wait()
+        assert result_proc.returncode == 0, err
+        assert out == b"step 1\n"
+        assert b"stalled" not in err
+
+    def test_startup_limits_the_wait_for_the_first_progress(self):
+        result = watchdog(
+            "run",
+            "--progress",
+            r"step \d+",
+            "--stall",
+            "1h",
+            "--startup",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo loading; exec sleep 600",
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGKILL, err
+        assert (
+            "  stalled: no line matching 'step \\d+' for 1 s since the start; no progress seen\n"
+            in err
+        )
+
+    def test_json_summary_says_why(self):
+        result = watchdog(
+            "run",
+            "--json",
+            "--progress",
+            "step",
+            "--stall",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 600",
+        )
+        assert result.returncode == 128 + signal.SIGKILL, result.stderr
+        summary = json.loads(result.stderr.splitlines()[-1])
+        assert summary["exit_status"] == 128 + signal.SIGKILL
+        assert summary["stalled"] == (
+            "stalled: no line matching 'step' for 1 s since the start; no progress seen"
+        )
+        assert [e["scope_id"] for e in summary["expiries"]] == ["stall"]
+
+    def test_a_timer_of_the_job_fires_first(self, tmp_path):
+        worker = tmp_path / "worker.py"
+        worker.write_text(
+            textwrap.dedent(
+                """
+                import time
+                from timer_api import expires
+                from timer_file import configure_from_env
+
+                configure_from_env()
+                with expires(after=0.5, scope="hung-step"):
+                    while True:
+                        print("step 1", flush=True)
+                        time.sleep(0.05)
+                """
+            )
+        )
+        result = watchdog(
+            "run", "--progress", r"step \d+", "--stall", "1h", "--", sys.executable, str(worker)
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGKILL, err
+        assert "of 'hung-step'" in err
+        assert "stalled" not in err
+
+
+class TestHeartbeat:
+    def test_touches_then_none_is_a_stall(self, tmp_path):
+        beat = tmp_path / "alive"
+        result = watchdog(
+            "run",
+            "--heartbeat",
+            str(beat),
+            "--stall",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            f"touch {beat}; echo touched; exec sleep 600",
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGKILL, err
+        # --heartbeat alone leaves the output alone: the job writes straight to ours.
+        assert result.stdout == b"touched\n"
+        assert re.search(
+            rf"  stalled: no change of {re.escape(str(beat))}'s mtime for 1 s; "
+            rf"last progress: {re.escape(str(beat))} touched at \d\d:\d\d:\d\d\n",
+            err,
+        ), err
+
+    def test_kept_touching_is_never_touched(self, tmp_path):
+        beat = tmp_path / "alive"
+        result = watchdog(
+            "run",
+            "--heartbeat",
+            str(beat),
+            "--stall",
+            "20",
+            "--",
+            "sh",
+            "-c",
+            f"i=0; while [ $i -lt 20 ]; do i=$((i+1)); touch {beat}; sleep 0.05; done",
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 0, err
+        assert "stalled" not in err
+
+
+class TestOutput:
+    def test_both_streams_byte_exact(self, tmp_path):
+        out = os.urandom(5_000_000) + b"\r\nstep 1\n\0no newline at the end"
+        err = b"step 2\r" + os.urandom(3_000_000) + b"\n\n\x1b[31m"
+        (tmp_path / "out").write_bytes(out)
+        (tmp_path / "err").write_bytes(err)
+        script = (
+            f"cat {tmp_path / 'out'} & cat {tmp_path / 'err'} >&2 & "
+            "wait; printf tail; printf tail >&2"
+        )
+        result = watchdog("run", "--progress", "step", "--stall", "1h", "--", "sh", "-c", script)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (
+            hashlib.sha256(result.stdout).hexdigest() == hashlib.sha256(out + b"tail").hexdigest()
+        )
+        job_err = result.stderr[: len(err) + 4]
+        assert hashlib.sha256(job_err).hexdigest() == hashlib.sha256(err + b"tail").hexdigest()
+        assert result.stderr[len(err) + 4 :].startswith(b"timer-watchdog summary:")
+
+    def test_text_without_newline_is_passed_at_once(self, tmp_path):
+        go = tmp_path / "go"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "timer_watchdog",
+                "run",
+                "--progress",
+                "x",
+                "--stall",
+                "1h",
+                "--",
+                "sh",
+                "-c",
+                f"printf 'password: '; while [ ! -e {go} ]; do sleep 0.05; done; echo ok",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            # Blocks until the prompt comes through: a pump waiting for the newline never ends.
+            assert os.read(proc.stdout.fileno(), 100) == b"password: "
+            go.touch()
+            out, _ = proc.communicate(timeout=BOUND)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert out == b"ok\n"
+
+    def test_stdin_is_passed_through(self):
+        result = watchdog("run", "--progress", "x", "--stall", "1h", "--", "cat", input=b"hello\n")
+        assert result.returncode == 0
+        assert result.stdout == b"hello\n"
+
+    def test_a_closed_stdout_ends_a_writer_as_bare(self):
+        with subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "timer_watchdog",
+                "run",
+                "--progress",
+                "x",
+                "--stall",
+                "1h",
+                "--",
+                "yes",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
+            assert proc.stdout is not None
+            assert proc.stdout.read(2) == b"y\n"
+            proc.stdout.close()
+            err = proc.stderr.read() if proc.stderr else b""
+            assert proc.wait(BOUND) == 128 + signal.SIGPIPE, err
+
+    def test_the_job_sees_our_terminal_as_a_terminal(self):
+        master, slave = pty.openpty()
+        tty.setraw(slave)
+        job = (
+            "test -t 1 && echo stdout is a tty; test -t 2 && echo stderr is a tty >&2; "
+            "printf '\\033[32mgreen\\033[0m\\n'; echo step 1"
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "timer_watchdog",
+                "run",
+                "--progress",
+                "step",
+                "--stall",
+                "1h",
+                "--",
+                "sh",
+                "-c",
+                job,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        got = bytearray()
+        try:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every holder of the slave has closed it
+                    break
+                if not data:
+                    break
+                got += data
+            assert proc.wait(BOUND) == 0, got
+        finally:
+            proc.kill()
+            proc.wait()
+            os.close(master)
+        # Our stdout and stderr are one terminal: the job gets one pty, so its writes to
+        # both keep their order, as they would bare.
+        assert got.startswith(
+            b"stdout is a tty\nstderr is a tty\n\x1b[32mgreen\x1b[0m\nstep 1\n"
+        ), got
+        assert b"\r\n" not in got  # the job's pty passes its bytes unchanged
+
+
+class TestArguments:
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--progress", "x"], "need --stall"),
+            (["--stall", "5"], "need --progress"),
+            (["--progress", "(", "--stall", "5"], "not a regular expression"),
+            (["--progress", "x", "--stall", "5d"], "expected a duration"),
+            (["--heartbeat", "hb", "--stall", "0"], "expected a duration > 0"),
+        ],
+    )
+    def test_bad_arguments_are_status_2(self, args, message):
+        result = watchdog("run", *args, "--", "true")
+        assert result.returncode == 2
+        assert message in result.stderr.decode()
