@@ -159,7 +159,7 @@ def run(options: Options) -> int:
         policy = _job_policy(options, job_dir)
         server = transport.server(max_interval=args.max_interval, policy=policy)
         unsubscribe = server.subscribe(options.log)
-        exporter = Exporter(server, path=args.metrics_file)  # issue 18: a batch job's metrics
+        exporter = Exporter(server, path=args.metrics_file)
         env = {**os.environ, **transport.environment()}
         if job_dir is not None:
             env[STACKS_DIR_ENV] = job_dir

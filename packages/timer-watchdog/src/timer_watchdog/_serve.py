@@ -47,7 +47,7 @@ def serve(options: Options) -> int:
     try:
         server = transport.server(max_interval=args.max_interval, policy=options.policy)
         unsubscribe = server.subscribe(options.log)
-        # Metrics and systemd (issue 18): from before the start to after the stop, with
+        # Metrics and systemd: from before the start to after the stop, with
         # one idea of a stalled loop for /healthz and the watchdog pings.
         supervisor = Supervisor(
             Notifier.from_environment(), server, lambda: f"serving {transport.path}"
