@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import signal
 
 import msgspec
 import pytest
@@ -218,6 +219,28 @@ class TestTorchLineFormat:
             5.0,
             15,
         )
+
+    @pytest.mark.parametrize("encode", [encode_json, encode_json_line])
+    def test_servers_choice_is_a_number_for_torch_and_none_for_us(self, encode):
+        # torch's server reads request["signal"] and compares it with 0: null would
+        # raise in its loop. The arm says SIGKILL (torch's client default) for torch,
+        # and signal_is_fallback tells our server that the choice is its own.
+        request = TimerRequest(9, "s", 5.0, start_time=3)
+        fields = json.loads(encode(request))
+        assert fields["signal"] == signal.SIGKILL
+        assert fields["signal_is_fallback"] is True
+        assert decode_json(encode(request).strip()) == request
+        assert LineDecoder().feed(encode_json_line(request)) == [request]
+        assert decode_msgpack(encode_msgpack(request)).signal is None
+
+    def test_a_release_needs_no_number(self):
+        release = TimerRequest(9, "s", -1.0)
+        assert json.loads(encode_json_line(release))["signal"] is None
+        assert decode_json(encode_json(release)) == release
+
+    def test_torch_line_without_the_flag_keeps_its_signal(self):
+        line = b'{"pid":9,"scope_id":"s","expiration_time":5.0,"signal":9}'
+        assert decode_json(line).signal == 9
 
     def test_unknown_fields_are_ignored(self):
         assert decode_json(as_json(future_field=[1, {"a": 2}])) == TimerRequest(**_valid_kwargs())

@@ -104,4 +104,5 @@ class TestRoundTrip:
             "deadline": None,
             "thread_id": None,
             "version": 1,
+            "signal_is_fallback": False,
         }

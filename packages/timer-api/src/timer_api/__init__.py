@@ -16,6 +16,7 @@ Names and signatures follow ``torch.distributed.elastic.timer``.
 from .__about__ import __version__
 from ._client import TimerClient
 from ._codec import (
+    FALLBACK_SIGNAL,
     MAX_REQUEST_BYTES,
     LineDecoder,
     decode_json,
@@ -41,6 +42,7 @@ from ._stacks import (
 )
 
 __all__ = [
+    "FALLBACK_SIGNAL",
     "DEFAULT_STACK_SIGNAL",
     "MAX_REQUEST_BYTES",
     "STACKS_DIR_ENV",

@@ -6,6 +6,7 @@ returns a :class:`TimerRequest` or raises :class:`InvalidRequestError`; nothing 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from ._errors import InvalidRequestError, RejectReason
 from ._request import TimerRequest
 
 __all__ = [
+    "FALLBACK_SIGNAL",
     "MAX_REQUEST_BYTES",
     "LineDecoder",
     "decode_json",
@@ -33,11 +35,21 @@ _json_decoder = msgspec.json.Decoder(TimerRequest)
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _msgpack_decoder = msgspec.msgpack.Decoder(TimerRequest)
 
+#: The signal written for torch's server when a request leaves the choice to the server:
+#: SIGKILL, the default of torch's own client.
+FALLBACK_SIGNAL = int(signal.SIGKILL)
+
 _FLOAT_FIELDS = ("`$.expiration_time`", "`$.deadline`")
 
 
 def encode_json(request: TimerRequest) -> bytes:
-    """Encode ``request`` as one JSON object, without a newline."""
+    """Encode ``request`` as one JSON object, without a newline.
+
+    An arm with ``signal=None`` is written as torch's server needs it (``"signal": 9``)
+    with ``"signal_is_fallback": true``, which this codec decodes back to ``None``.
+    """
+    if request.signal is None and request.expiration_time >= 0:
+        request = msgspec.structs.replace(request, signal=FALLBACK_SIGNAL, signal_is_fallback=True)
     return _json_encoder.encode(request)
 
 
@@ -47,7 +59,7 @@ def encode_json_line(request: TimerRequest) -> bytes:
     Raises :class:`InvalidRequestError` (``oversize``) when the line would exceed
     :data:`MAX_REQUEST_BYTES`, because a longer write is no longer atomic.
     """
-    line = _json_encoder.encode(request) + b"\n"
+    line = encode_json(request) + b"\n"
     if len(line) > MAX_REQUEST_BYTES:
         raise InvalidRequestError(
             RejectReason.OVERSIZE,
@@ -193,12 +205,16 @@ def _decode(
 ) -> TimerRequest:
     """Run ``decode`` on ``data``, turning every way bad input fails into :class:`InvalidRequestError`."""
     try:
-        return decode(data)
+        request = decode(data)
     except msgspec.DecodeError as exc:
         raise _rejection(exc, bytes(data)) from None
     except (RecursionError, ValueError) as exc:
         # Nesting too deep for the decoder, or a string that is not valid UTF-8.
         raise InvalidRequestError(RejectReason.MALFORMED, str(exc), bytes(data)) from None
+    if request.signal_is_fallback:
+        request.signal = None
+        request.signal_is_fallback = False
+    return request
 
 
 def _oversize(raw: bytes) -> InvalidRequestError:

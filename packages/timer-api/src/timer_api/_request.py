@@ -44,6 +44,9 @@ class TimerRequest(msgspec.Struct):
             derives it from ``expiration_time`` on receipt.
         thread_id: ``threading.get_ident()`` of the thread that armed the timer.
         version: wire-format version, always 1 (see docs/wire-format.md).
+        signal_is_fallback: on the wire only: ``true`` says that ``signal`` is there for
+            servers that need a number (torch's) and that a server with a policy is to
+            choose; the codec decodes such a request as ``signal=None``.
     """
 
     worker_id: Pid = msgspec.field(name="pid")
@@ -54,6 +57,7 @@ class TimerRequest(msgspec.Struct):
     deadline: Seconds | None = None
     thread_id: NonNegative | None = None
     version: WireVersion = 1
+    signal_is_fallback: bool = False
 
     @property
     def is_release(self) -> bool:

@@ -12,6 +12,7 @@ import time
 import weakref
 
 from timer_api import (
+    FALLBACK_SIGNAL,
     TimerClient,
     TimerRequest,
     configure,
@@ -140,15 +141,18 @@ class FileTimerClient(TimerClient):
         if self._pid != os.getpid():
             self._after_fork()
         now = time.time()
+        signal = self.signal
+        fallback = signal is None  # torch's server needs a number: see FALLBACK_SIGNAL
         line = encode_json_line(
             TimerRequest(
                 self._pid,
                 scope_id,
                 expiration_time,
-                self.signal,
+                FALLBACK_SIGNAL if fallback else signal,
                 self._start_time,
                 time.monotonic() + (expiration_time - now),
                 threading.get_ident(),
+                signal_is_fallback=fallback,
             )
         )
         with self._lock:
