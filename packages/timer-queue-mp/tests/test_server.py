@@ -56,7 +56,7 @@ class TestReaping:
         stats = server.stats()
         assert (stats.armed, stats.expired, stats.signalled) == (1, 1, 1)
 
-    @pytest.mark.parametrize("where", ["policy", "client"])
+    @pytest.mark.parametrize("where", ["policy", "client", "client-enum"])
     def test_configured_signal_is_sent(
         self, fork: Any, serve: Serve, start_worker: Start, where: str
     ) -> None:
@@ -66,7 +66,8 @@ class TestReaping:
             worker = start_worker(fork, queue, "hang")
         else:
             serve(queue)
-            worker = start_worker(fork, queue, "hang", signal=int(signal.SIGTERM))
+            sig = signal.SIGTERM if where == "client-enum" else int(signal.SIGTERM)
+            worker = start_worker(fork, queue, "hang", signal=sig)
         assert finish(worker) == -signal.SIGTERM
 
     def test_in_time_worker_is_untouched(

@@ -60,11 +60,9 @@ class LocalTimerClient(TimerClient):
     __slots__ = ("_mp_queue", "_put", "_signal")
 
     def __init__(self, mp_queue: Any, *, signal: int = 0) -> None:
-        if type(signal) is not int or not 0 <= signal <= _MAX_SIGNAL:
-            raise ValueError(f"signal must be an int from 0 to {_MAX_SIGNAL}, got {signal!r}")
         self._mp_queue = mp_queue
         self._put = mp_queue.put
-        self._signal = signal
+        self._signal = _signal_number(signal)
         install_stack_dump_from_env()  # under `timer-watchdog run --stacks DIR`
 
     def __reduce__(self) -> tuple[Callable[..., LocalTimerClient], tuple[Any]]:
@@ -103,6 +101,13 @@ class LocalTimerClient(TimerClient):
         if len(data) > MAX_REQUEST_BYTES:
             _refuse_size(data)
         self._put(data)
+
+
+def _signal_number(signal: object) -> int:
+    """Return ``signal`` (an ``int`` or a ``signal.Signals``) as a plain int, or raise ``ValueError``."""
+    if isinstance(signal, int) and not isinstance(signal, bool) and 0 <= signal <= _MAX_SIGNAL:
+        return int(signal)
+    raise ValueError(f"signal must be an int from 0 to {_MAX_SIGNAL}, got {signal!r}")
 
 
 def _refuse_scope(scope_id: object) -> NoReturn:
