@@ -455,7 +455,8 @@ class TestRequestQueue:
         requests = MultiprocessingRequestQueue(mp_queue)
         request = TimerRequest(1, "test_scope", 0)
         mp_queue.put(request)
-        assert requests.get(2, PATIENCE) == [request]
+        wait_for(lambda: requests.size() == 1, "the request arrived")
+        assert requests.get(2, 0.01) == [request]
 
     def test_get_waits_for_size_requests_from_a_producer(self) -> None:
         mp_queue, go = FORK.Queue(), FORK.Event()
