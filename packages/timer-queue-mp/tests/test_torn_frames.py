@@ -153,10 +153,12 @@ def test_worker_killed_mid_item_does_not_leave_the_server_deaf(
     hung = start_worker(FORK, queue, "hang")
     hung.join(PATIENCE)
     assert hung.exitcode == -signal.SIGKILL, "the later hung worker was not reaped"
-    fine = start_worker(FORK, queue, "in_time", linger=0.5)
+    done = FORK.Event()
+    fine = start_worker(FORK, queue, "in_time", finish=done)
+    assert wait_for(lambda: server.stats().released == 1)
+    done.set()
     fine.join(PATIENCE)
     assert fine.exitcode == 0
-    assert wait_for(lambda: server.stats().released == 1)
     rejections = [e for e in events if isinstance(e, Rejected)]
     assert [e.reason for e in rejections] == [RejectReason.MALFORMED]
     assert "short" in rejections[0].detail

@@ -176,15 +176,33 @@ class PipeReader:
         chunk = os.read(fd, _CHUNK)
         if not chunk:
             raise PipeClosedError("the queue's pipe has no writer left")
-        buffer = bytearray(self._carry)
-        buffer += chunk
+        buffer = self._carry + chunk if self._carry else chunk
         self._carry = b""
         out: list[bytes | Lost] = []
+        append = out.append
+        unpack_short = _SHORT.unpack_from
         pos = 0
+        end = len(buffer)
         lost_at = -1  # start of the bytes being skipped; -1: in step with the frames
         why = ""
         stalled = False  # the rest of a frame did not come: wait no more in this call
-        while pos < len(buffer):
+        while pos < end:
+            if lost_at < 0:
+                # The common case, in step: whole frames that each hold a pickle.
+                while pos + 6 < end:
+                    (size,) = unpack_short(buffer, pos)
+                    stop = pos + 4 + size
+                    if (
+                        stop > end
+                        or size < 2
+                        or buffer[pos + 4] != 0x80
+                        or buffer[stop - 1] != 0x2E
+                    ):
+                        break
+                    append(buffer[pos + 4 : stop])
+                    pos = stop
+                if pos >= end:
+                    break
             searching = lost_at >= 0
             found = _frame_at(buffer, pos, _RESYNC_MAX if searching else None)
             if found is None:  # no frame starts here
@@ -193,24 +211,27 @@ class PipeReader:
                 pos = _next_candidate(buffer, pos + 1)
                 continue
             start, stop = found
-            if stop > len(buffer):
+            if stop > end:
                 # First enough to check the pickle's first bytes, then the whole frame.
-                need = stop if len(buffer) >= start + 2 else min(stop, start + 2)
-                if not stalled and self._fill(buffer, need):
-                    continue
+                need = stop if end >= start + 2 else min(stop, start + 2)
+                if not stalled:
+                    buffer, complete = self._fill(buffer, need)
+                    end = len(buffer)
+                    if complete:
+                        continue
                 if searching and stalled:
                     # A header is written whole, so a shorter tail is not the start
                     # of an item; a longer one may be, from a writer still writing.
-                    if len(buffer) - pos >= _SHORT.size:
-                        self._carry = bytes(buffer[pos:])
+                    if end - pos >= _SHORT.size:
+                        self._carry = buffer[pos:]
                     else:
-                        pos = len(buffer)
+                        pos = end
                     break
                 stalled = True
                 if not searching:
                     lost_at = pos
                     why = (
-                        f"a queue item stopped {stop - len(buffer)} bytes short "
+                        f"a queue item stopped {stop - end} bytes short "
                         "(its writer died while writing it?)"
                     )
                 pos = _next_candidate(buffer, pos + 1)
@@ -221,12 +242,12 @@ class PipeReader:
                 pos = _next_candidate(buffer, pos + 1)
                 continue
             if searching:
-                out.append(Lost(pos - lost_at, why))
+                append(Lost(pos - lost_at, why))
                 lost_at = -1
-            out.append(bytes(buffer[start:stop]))
+            append(buffer[start:stop])
             pos = stop
         if lost_at >= 0:
-            out.append(Lost(pos - lost_at, why))
+            append(Lost(pos - lost_at, why))
         if stalled and self._break_stale_lock():
             last = max(i for i, item in enumerate(out) if isinstance(item, Lost))
             lost = out[last]
@@ -236,19 +257,26 @@ class PipeReader:
             )
         return out
 
-    def _fill(self, buffer: bytearray, size: int) -> bool:
-        """Read until ``buffer`` holds ``size`` bytes; ``False`` if the pipe stays silent for :data:`FRAME_WAIT`."""
+    def _fill(self, buffer: bytes, size: int) -> tuple[bytes, bool]:
+        """Read on until ``buffer`` holds ``size`` bytes; tell whether it got there.
+
+        It gives up when the pipe stays silent for :data:`FRAME_WAIT` seconds, and
+        returns what it read until then.
+        """
+        parts = [buffer]
+        have = len(buffer)
         deadline = time.monotonic() + FRAME_WAIT
-        while len(buffer) < size:
+        while have < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._data.poll(remaining * 1000.0):
-                return False
-            part = os.read(self._fd, min(size - len(buffer), _CHUNK * 16))
+                break
+            part = os.read(self._fd, min(size - have, _CHUNK * 16))
             if not part:
-                return False
-            buffer += part
+                break
+            parts.append(part)
+            have += len(part)
             deadline = time.monotonic() + FRAME_WAIT
-        return True
+        return b"".join(parts), have >= size
 
     def _break_stale_lock(self) -> bool:
         """Release the writers' lock if a writer died holding it; tell whether it did.
@@ -271,7 +299,7 @@ class PipeReader:
         return True
 
 
-def _frame_at(buffer: bytearray, pos: int, limit: int | None) -> tuple[int, int] | None:
+def _frame_at(buffer: bytes, pos: int, limit: int | None) -> tuple[int, int] | None:
     """Return where the payload of a frame starting at ``pos`` lies, or ``None`` if none starts there.
 
     The payload may extend past the buffer. A frame must carry a pickle (``0x80``
@@ -300,7 +328,7 @@ def _frame_at(buffer: bytearray, pos: int, limit: int | None) -> tuple[int, int]
     return start, start + size
 
 
-def _next_candidate(buffer: bytearray, pos: int) -> int:
+def _next_candidate(buffer: bytes, pos: int) -> int:
     """Return the first position from ``pos`` where a frame could start (``len`` if none)."""
     end = len(buffer)
     found = buffer.find(_PROTO, pos + 4)
