@@ -1,8 +1,11 @@
+import contextlib
 import fcntl
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +19,8 @@ from timer_file import (
     ServerUnavailableError,
     configure_from_env,
 )
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -118,14 +123,58 @@ class TestNoServer:
         with pytest.raises(BrokenPipeError, match="has no reader"):
             client.release("s")
 
-    def test_failed_release_keeps_the_timer_armed(self, pipe_path: str) -> None:
-        queue = FileRequestQueue(pipe_path)
+    def test_failed_release_is_never_replayed_as_an_arm(self, pipe_path: str) -> None:
+        first = FileRequestQueue(pipe_path)
         client = FileTimerClient(pipe_path)
-        client.acquire("s", time.time() + 30)
-        queue.close()
+        client.acquire("left", time.time() + 30)
+        client.acquire("inside", time.time() + 30)
+        assert len(_drain(first, 2)) == 2
+        first.close()
         with pytest.raises(ServerUnavailableError):
-            client.release("s")
-        assert client.armed == {"s"}
+            client.release("left")  # the block is left although the server is down
+        assert client.armed == {"inside"}
+        second = FileRequestQueue(pipe_path)
+        try:
+            client.acquire("next", time.time() + 30)
+            got = _drain(second, 3)
+        finally:
+            second.close()
+        # The release that failed may be told (a no-op to a new server); never an arm.
+        arms = [r.scope_id for r in got if not r.is_release]
+        assert arms == ["inside", "next"], got
+        assert {r.scope_id for r in got if r.is_release} <= {"left"}
+
+    @pytest.mark.parametrize("then", ["next_request", "nothing"])
+    def test_release_that_failed_on_a_full_pipe_is_sent_later(
+        self, pipe_path: str, then: str
+    ) -> None:
+        fifo = PlainFifo(pipe_path, size=4096)
+        client = FileTimerClient(pipe_path, keep_open=True, send_timeout=0)
+        try:
+            client.acquire("s", time.time() + 30)
+            filler = os.open(pipe_path, os.O_WRONLY | os.O_NONBLOCK)
+            for size in (512, 1):  # fill it to the last byte
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        os.write(filler, b" " * size)
+            os.close(filler)
+            with pytest.raises(PipeFullError):
+                client.release("s")  # the server is alive but not reading
+            assert client.armed == frozenset()
+            fifo.lines()  # the server reads again
+            if then == "next_request":
+                client.acquire("t", time.time() + 30)
+            # Otherwise the worker sends nothing more: the background check tells the server.
+            lines: list[bytes] = []
+            deadline = time.monotonic() + 20
+            while not lines and time.monotonic() < deadline:
+                lines = [line for line in fifo.lines() if line.strip()]
+                time.sleep(0.02)
+        finally:
+            client.close()
+            fifo.close()
+        got = [(r.scope_id, r.is_release) for r in map(decode_json, lines)]
+        assert got == [("s", True), ("t", False)] if then == "next_request" else [("s", True)]
 
 
 class TestKeepOpen:
@@ -249,6 +298,74 @@ class TestServerRestart:
             second.close()
             first.close()
         assert [(r.scope_id, r.is_release) for r in got] == [("kept", False), ("other", True)]
+
+
+def _recreate_with_inode(
+    path: str, inode: int, make: Callable[[], T], close: Callable[[T], None]
+) -> T:
+    """Make a new pipe at ``path`` with ``make()``, trying to get inode number ``inode`` back.
+
+    On ext4 an inode number freed is usually handed out again at once; where that
+    cannot happen (tmpfs, or a client pinning the old inode) the last pipe made is kept.
+    """
+    made = make()
+    for _ in range(50):
+        if os.stat(path).st_ino == inode:
+            break
+        close(made)
+        made = make()
+    return made
+
+
+class TestSameInodeRestart:
+    """A pipe re-created at the path may get the old inode number back (seen on ext4)."""
+
+    def test_hung_worker_replays_into_our_restarted_server(self, pipe_path: str) -> None:
+        first = FileRequestQueue(pipe_path)
+        client = FileTimerClient(pipe_path)
+        client.acquire("kept", time.time() + 30)
+        assert len(_drain(first, 1)) == 1
+        inode = os.stat(pipe_path).st_ino
+        first.close()
+        # The worker hangs: only its background check notices the server went away.
+        deadline = time.monotonic() + 20
+        while client._fd >= 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client._fd < 0, "the client never noticed that the server went away"
+        second = _recreate_with_inode(
+            pipe_path, inode, lambda: FileRequestQueue(pipe_path), FileRequestQueue.close
+        )
+        try:
+            got = _drain(second, 1)
+        finally:
+            second.close()
+        assert [(r.scope_id, r.is_release) for r in got] == [("kept", False)]
+
+    def test_replays_into_a_recreated_plain_pipe(self, pipe_path: str) -> None:
+        fifo = PlainFifo(pipe_path)
+        client = FileTimerClient(pipe_path)  # opens and closes the pipe per request
+        client.acquire("kept", time.time() + 30)
+        assert len(fifo.lines()) == 1
+        inode = os.stat(pipe_path).st_ino
+
+        def make() -> PlainFifo:
+            return PlainFifo(pipe_path)
+
+        def close(old: PlainFifo) -> None:
+            old.close()
+            os.unlink(pipe_path)
+
+        close(fifo)  # a torch-like server stops; another starts at once
+        second = _recreate_with_inode(pipe_path, inode, make, close)
+        try:
+            deadline = time.monotonic() + 20
+            lines: list[bytes] = []
+            while not lines and time.monotonic() < deadline:
+                time.sleep(0.05)
+                lines = second.lines()
+        finally:
+            second.close()
+        assert [decode_json(line).scope_id for line in lines] == ["kept"]
 
 
 class TestFork:

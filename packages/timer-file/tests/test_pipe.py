@@ -1,10 +1,38 @@
 import os
+import re
 import stat
+import subprocess
+import sys
 
 import pytest
 
-from timer_file import UnsafePipeError, default_pipe_path
+from timer_file import PipeInUseError, UnsafePipeError, default_pipe_path
 from timer_file._pipe import open_pipe, remove_pipe
+
+#: Holds the pipe at ``argv[1]`` open for reading, as a live server does, until stdin closes.
+READER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+print("reading", flush=True)
+sys.stdin.read()
+"""
+
+#: Tries to take the pipe at ``argv[1]`` once ``argv[2]`` exists; says how it went, then
+#: keeps the pipe (if it got it) until stdin closes.
+TAKER = """
+import os, sys, time
+from timer_file._pipe import PipeInUseError, open_pipe
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+try:
+    reader, keepalive, st = open_pipe(sys.argv[1])
+except PipeInUseError:
+    print("refused", flush=True)
+else:
+    print("took", st.st_ino, flush=True)
+sys.stdin.read()
+"""
 
 
 def _close(*fds: int) -> None:
@@ -36,12 +64,57 @@ class TestCreate:
 
     def test_stale_fifo_of_ours_is_replaced(self, pipe_path: str) -> None:
         os.mkfifo(pipe_path, 0o666)
-        stale = os.open(pipe_path, os.O_RDWR | os.O_NONBLOCK)  # pins the old inode number
+        stale = os.open(pipe_path, os.O_PATH)  # pins the old inode number, reads nothing
         reader, keepalive, st = open_pipe(pipe_path)
         _close(reader, keepalive)
         assert st.st_ino != os.fstat(stale).st_ino
         os.close(stale)
         assert stat.S_IMODE(os.lstat(pipe_path).st_mode) == 0o600
+
+    def test_fifo_with_a_live_reader_is_refused(self, pipe_path: str) -> None:
+        os.mkfifo(pipe_path, 0o600)
+        before = os.stat(pipe_path).st_ino
+        with subprocess.Popen(
+            [sys.executable, "-c", READER, pipe_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as server:
+            assert server.stdout is not None
+            assert server.stdout.readline() == "reading\n"
+            with pytest.raises(PipeInUseError, match=re.escape(repr(pipe_path))):
+                open_pipe(pipe_path)
+            assert os.stat(pipe_path).st_ino == before
+            server.communicate()
+        # Its reader gone, the pipe is stale: it may be replaced.
+        reader, keepalive, _st = open_pipe(pipe_path)
+        _close(reader, keepalive)
+
+    def test_servers_starting_together_one_takes_the_pipe(
+        self, pipe_path: str, tmp_path: object
+    ) -> None:
+        go = f"{tmp_path}/go"
+        os.mkfifo(pipe_path, 0o600)  # stale: every taker may find it so at once
+        takers = [
+            subprocess.Popen(
+                [sys.executable, "-c", TAKER, pipe_path, go],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        try:
+            assert [t.stdout.readline() for t in takers if t.stdout] == ["ready\n"] * 4
+            with open(go, "w"):
+                pass
+            answers = [t.stdout.readline().split() for t in takers if t.stdout is not None]
+        finally:
+            for taker in takers:
+                taker.communicate()
+        took = [answer for answer in answers if answer[0] == "took"]
+        assert len(took) == 1, answers
+        assert sorted(answer[0] for answer in answers) == ["refused"] * 3 + ["took"]
 
     def test_reader_sees_no_eof_without_clients(self, pipe_path: str) -> None:
         reader, keepalive, _ = open_pipe(pipe_path)

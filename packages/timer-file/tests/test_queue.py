@@ -5,7 +5,7 @@ import time
 import pytest
 
 from timer_api import InvalidRequestError, RejectReason, TimerRequest, encode_json_line
-from timer_file import FileRequestQueue
+from timer_file import FileRequestQueue, UnsafePipeError
 
 VALID = TimerRequest(4242, "after", 5.0, 9)
 VALID_LINE = encode_json_line(VALID)
@@ -188,6 +188,32 @@ class TestLifecycle:
         queue.close()
         assert not os.path.exists(directory)
 
+    def test_default_path_reopens_after_close(self) -> None:
+        queue = FileRequestQueue()
+        path = queue.file_path
+        queue.close()
+        queue.open()
+        try:
+            assert queue.file_path == path
+            assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+            _write(path, VALID_LINE)
+            assert _get_all(queue, 1) == [VALID]
+        finally:
+            queue.close()
+        assert not os.path.exists(os.path.dirname(path))
+
+    def test_default_path_directory_taken_by_someone_else_is_refused(self) -> None:
+        queue = FileRequestQueue()
+        directory = os.path.dirname(queue.file_path)
+        queue.close()
+        os.mkdir(directory, 0o777)
+        os.chmod(directory, 0o777)
+        try:
+            with pytest.raises(UnsafePipeError, match="private directory"):
+                queue.open()
+        finally:
+            os.rmdir(directory)
+
     @pytest.mark.parametrize("how", ["removed", "replaced"])
     def test_problem_reports_a_lost_path(self, queue: FileRequestQueue, how: str) -> None:
         assert queue.problem() is None
@@ -195,3 +221,54 @@ class TestLifecycle:
         if how == "replaced":
             os.mkfifo(queue.file_path)
         assert how in (queue.problem() or "")
+
+
+#: A writer that dies mid-line: it writes part of a request and exits at once.
+DIES_MID_LINE = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK)
+os.write(fd, sys.argv[2].encode())
+os._exit(0)
+"""
+
+
+class TestResynchronisation:
+    @pytest.mark.parametrize(
+        "fragment",
+        [
+            b'{"pid": 5, "scope_id":',  # glued: the next request becomes a field's value
+            b'{"pid": 5, "scope_id": "ab',  # glued: the next request ends an open string
+            b'{"version": 1, "pid": 5, "sc',
+            b"x" * 4050 + b'{"pid":',  # long: fragment and request exceed the size limit
+        ],
+    )
+    def test_request_after_a_dead_writers_fragment_is_recovered(
+        self, queue: FileRequestQueue, fragment: bytes
+    ) -> None:
+        import subprocess
+        import sys
+
+        writer = subprocess.run(
+            [sys.executable, "-c", DIES_MID_LINE, queue.file_path, fragment.decode()], check=True
+        )
+        assert writer.returncode == 0
+        _write(queue.file_path, VALID_LINE)
+        items = _get_all(queue, 2)
+        assert len(items) == 2, items
+        error, request = items
+        assert isinstance(error, InvalidRequestError)
+        assert error.raw.startswith(fragment[:256])
+        assert request == VALID
+
+    def test_scope_with_braces_is_recovered_whole(self, queue: FileRequestQueue) -> None:
+        braced = TimerRequest(4242, "step{1}{x", 5.0, 9)
+        _write(queue.file_path, b'{"pid": 5, "scope_id":' + encode_json_line(braced))
+        items = _get_all(queue, 2)
+        assert isinstance(items[0], InvalidRequestError)
+        assert items[1] == braced
+
+    def test_line_with_nothing_to_recover_is_one_rejection(self, queue: FileRequestQueue) -> None:
+        _write(queue.file_path, b'{"pid": 5, {"scope_id": {"a": {\n' + VALID_LINE)
+        items = _get_all(queue, 2)
+        assert [type(item) for item in items] == [InvalidRequestError, TimerRequest]
+        assert items[1] == VALID

@@ -1,15 +1,27 @@
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import pytest
 
 from timer_api import RejectReason, TimerRequest, encode_json_line
-from timer_file import FileTimerRequest, FileTimerServer
-from timer_watchdog import Event, Expired, Reaped, Rejected, WatchdogStats
+from timer_file import FileTimerRequest, FileTimerServer, PipeInUseError
+from timer_watchdog import (
+    Armed,
+    Event,
+    Exited,
+    Expired,
+    Reaped,
+    Rejected,
+    Signalled,
+    WatchdogStats,
+)
 
 #: A worker: arms ``scope`` for ``after`` seconds, says so, optionally waits for a
 #: line on stdin and arms a second timer (``inner``), then works ``work`` seconds.
@@ -42,6 +54,26 @@ print("done", flush=True)
 sys.stdin.read()
 """
 
+
+#: Arms ``outer``; when told (a line on stdin), leaves the block, whose release then
+#: fails (the server is down), and carries on; when told again, arms ``next`` and
+#: works on, healthy, until killed.
+LEAVES_WHILE_DOWN = """
+import sys, time, timer_api
+from timer_file import FileTimerClient, ServerUnavailableError
+client = FileTimerClient(sys.argv[1])
+timer_api.configure(client)
+try:
+    with timer_api.expires(after=float(sys.argv[2]), scope="outer"):
+        print("armed", flush=True)
+        sys.stdin.readline()
+except ServerUnavailableError:
+    print("release failed", flush=True)
+sys.stdin.readline()
+client.acquire("next", time.time() + 300)
+print("next", flush=True)
+time.sleep(300)
+"""
 
 Spawn = Callable[..., "subprocess.Popen[str]"]
 
@@ -189,6 +221,143 @@ class TestReaping:
             second.stop()
 
 
+class TestNoFalseKill:
+    def test_block_left_while_the_server_was_down_is_not_rearmed(self, pipe_path: str) -> None:
+        first = FileTimerServer(pipe_path, "run", max_interval=0.5)
+        first.start()
+        worker = subprocess.Popen(
+            [sys.executable, "-c", LEAVES_WHILE_DOWN, pipe_path, "1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        second: FileTimerServer | None = None
+        try:
+            assert worker.stdin is not None
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == "armed\n"
+            assert _until(lambda: first.stats().armed == 1)
+            first.stop()
+            worker.stdin.write("leave\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline() == "release failed\n"
+            second = FileTimerServer(pipe_path, "run", max_interval=0.5)
+            events = Recorder(second)
+            second.start()
+            worker.stdin.write("go on\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline() == "next\n"
+            assert _until(lambda: second is not None and second.stats().armed >= 1)
+            # A replayed "outer" would come before "next" and kill the worker in 1 s.
+            armed = [e.scope_id for e in events.of(Armed)]  # type: ignore[attr-defined]
+            assert armed == ["next"]
+            assert second.stats().timers == 1
+            assert worker.poll() is None
+        finally:
+            worker.kill()
+            worker.communicate()
+            if second is not None:
+                second.stop()
+            first.stop()
+
+
+class TestPipeOwnership:
+    def test_second_server_on_a_live_pipe_is_refused(
+        self, server: FileTimerServer, spawn: Spawn
+    ) -> None:
+        path = server.file_path
+        inode = os.stat(path).st_ino
+        with pytest.raises(PipeInUseError, match=re.escape(repr(path))):
+            FileTimerServer(path, "intruder")
+        assert os.stat(path).st_ino == inode
+        # The first server still gets the requests sent to the path.
+        worker = spawn(path, after=30, work=0.1)
+        assert worker.wait(timeout=20) == 0
+        assert _until(lambda: server.stats().released == 1)
+
+    def test_serve_command_on_a_live_pipe_is_refused(self, server: FileTimerServer) -> None:
+        inode = os.stat(server.file_path).st_ino
+        done = subprocess.run(
+            [sys.executable, "-m", "timer_watchdog", "serve", "--path", server.file_path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        assert server.file_path in done.stderr
+        assert "running timer server" in done.stderr
+        assert os.stat(server.file_path).st_ino == inode
+
+    def test_pipe_of_a_killed_server_is_taken_over(self, pipe_path: str) -> None:
+        code = (
+            "import sys; from timer_file import FileTimerServer; "
+            "FileTimerServer(sys.argv[1]).start(); print('up', flush=True); sys.stdin.read()"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", code, pipe_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as old:
+            assert old.stdout is not None
+            assert old.stdout.readline() == "up\n"
+            old.kill()
+            old.communicate()
+        assert os.path.exists(pipe_path)  # left behind, with no reader
+        new = FileTimerServer(pipe_path, "run")
+        new.stop()
+
+    def test_pipe_of_a_killed_server_with_forked_children_is_taken_over(
+        self, pipe_path: str
+    ) -> None:
+        # The children inherit the server's descriptors; they must not count as its reader.
+        code = (
+            "import os, sys, time; from timer_file import FileTimerServer; "
+            "FileTimerServer(sys.argv[1]).start(); pid = os.fork(); "
+            "pid or (os.write(1, b'child\\n'), sys.stdin.read(), os._exit(0)); "
+            "os.write(1, b'%d\\n' % pid); sys.stdin.read()"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", code, pipe_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as old:
+            assert old.stdout is not None
+            # The child is past its fork handlers once it speaks.
+            lines = sorted([old.stdout.readline(), old.stdout.readline()])
+            assert lines[1] == "child\n", lines
+            child = int(lines[0])
+            old.kill()
+            old.wait()
+            try:
+                assert os.path.exists(pipe_path)
+                assert FileTimerServer.is_process_running(child)
+                new = FileTimerServer(pipe_path, "run")
+                new.stop()
+            finally:
+                os.kill(child, signal.SIGKILL)
+                old.communicate()
+
+
+class TestRestart:
+    @pytest.mark.parametrize("where", ["default", "given"])
+    def test_start_after_stop_serves_again(self, pipe_path: str, spawn: Spawn, where: str) -> None:
+        server = FileTimerServer(None if where == "default" else pipe_path, "run", 0.5)
+        path = server.file_path
+        server.start()
+        server.stop()
+        assert not os.path.exists(path)
+        server.start()
+        try:
+            assert server.file_path == path
+            worker = spawn(path, after=0.5, work=120)
+            assert worker.wait(timeout=20) == -signal.SIGKILL
+        finally:
+            server.stop()
+        assert not os.path.exists(path)
+
+
 def _arm(pid: int, scope: str = "valid") -> bytes:
     return encode_json_line(TimerRequest(pid, scope, time.time() + 300, 9))
 
@@ -228,6 +397,21 @@ class TestHostileInput:
         assert (stats.rejected, stats.armed, stats.timers) == (1, 2, 2)
         assert [e.reason for e in events.of(Rejected)] == [reason]  # type: ignore[union-attr]
         server.register_timers([TimerRequest(sleeper, s, -1) for s in ("before", "after")])
+
+    def test_writer_dying_mid_line_does_not_hide_the_next_workers_hang(
+        self, server: FileTimerServer, spawn: Spawn
+    ) -> None:
+        code = (
+            "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK); "
+            'os.write(fd, b\'{"version": 1, "pid": 5, "scope_id":\'); os._exit(0)'
+        )
+        subprocess.run([sys.executable, "-c", code, server.file_path], check=True)
+        events = Recorder(server)
+        worker = spawn(server.file_path, after=0.5, work=120)
+        assert worker.wait(timeout=20) == -signal.SIGKILL
+        assert _until(lambda: server.stats().reaped == 1)
+        assert server.stats().rejected == 1
+        assert [e.reason for e in events.of(Rejected)] == [RejectReason.WRONG_TYPE]  # type: ignore[attr-defined]
 
     def test_valid_request_after_hostile_input_still_reaps(self, server: FileTimerServer) -> None:
         victims = [subprocess.Popen(["sleep", "300"]) for _ in HOSTILE]
@@ -299,6 +483,85 @@ class TestTorchSurface:
         server.stop()
         assert not os.path.exists(directory)
 
+    @pytest.mark.parametrize("started", [True, False])
+    def test_run_once_processes_what_is_waiting_then_stops(
+        self, pipe_path: str, started: bool
+    ) -> None:
+        logged: list[str] = []
+        server = FileTimerServer(pipe_path, "run", 10, log_event=lambda n, r: logged.append(n))
+        if started:
+            server.start()
+        clients = [
+            subprocess.Popen(
+                [sys.executable, "-c", BURST, pipe_path, "10"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(5)
+        ]
+        try:
+            assert [c.stdout.readline() for c in clients if c.stdout] == ["done\n"] * 5
+            server.run_once()
+            stats = server.stats()
+            assert (stats.received, stats.armed, stats.released) == (100, 50, 50)
+            assert not os.path.exists(pipe_path)
+            server.stop()
+        finally:
+            for client in clients:
+                client.communicate()
+        assert logged == (["watchdog started", "watchdog stopped"] if started else [])
+
+    def test_run_once_reaps_what_expired(self, pipe_path: str) -> None:
+        server = FileTimerServer(pipe_path, "run", 10)
+        server.start()
+        victim = subprocess.Popen(["sleep", "300"])
+        try:
+            fd = os.open(pipe_path, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                for scope, after in (("expired", -60), ("valid", 60)):
+                    request = TimerRequest(victim.pid, scope, time.time() + after, 9)
+                    os.write(fd, encode_json_line(request))
+            finally:
+                os.close(fd)
+            server.run_once()
+            assert server.stats().signalled == 1
+            assert victim.wait(timeout=20) == -signal.SIGKILL
+            assert _until(lambda: server.stats().timers == 0)
+        finally:
+            server.stop()
+            victim.kill()
+            victim.wait()
+
+    def test_run_once_drops_the_timers_of_a_worker_that_exited(self, pipe_path: str) -> None:
+        server = FileTimerServer(pipe_path, "run", 10)
+        events = Recorder(server)
+        server.start()
+        try:
+            code = (
+                "import sys, time; from timer_file import FileTimerClient; "
+                "FileTimerClient(sys.argv[1]).acquire('s', time.time() + 300)"
+            )
+            subprocess.run([sys.executable, "-c", code, pipe_path], check=True, timeout=60)
+            server.run_once()
+            stats = server.stats()
+            assert (stats.timers, stats.signalled) == (0, 0)
+            assert stats.armed + stats.rejected == 1
+            assert stats.armed == len(events.of(Exited))
+        finally:
+            server.stop()
+
+    def test_start_after_run_once_serves_again(self, pipe_path: str, spawn: Spawn) -> None:
+        server = FileTimerServer(pipe_path, "run", 0.5)
+        server.start()
+        server.run_once()
+        server.start()
+        try:
+            worker = spawn(pipe_path, after=0.5, work=120)
+            assert worker.wait(timeout=20) == -signal.SIGKILL
+        finally:
+            server.stop()
+
     def test_last_progress_time_advances(self, server: FileTimerServer) -> None:
         before = int(time.time())
         assert _until(lambda: server.get_last_progress_time() >= before + 1, timeout=10)
@@ -306,6 +569,78 @@ class TestTorchSurface:
     def test_is_process_running(self, sleeper: int) -> None:
         assert FileTimerServer.is_process_running(sleeper)
         assert not FileTimerServer.is_process_running(2**22 + 1)
+
+    @pytest.mark.parametrize("how", ["subclass", "patch"])
+    def test_is_process_running_is_consulted(self, pipe_path: str, how: str) -> None:
+        class NotRunning(FileTimerServer):
+            @staticmethod
+            def is_process_running(pid: int) -> bool:
+                return False
+
+        victim = subprocess.Popen(["sleep", "300"])
+        patch = mock.patch.object(FileTimerServer, "is_process_running", return_value=False)
+        with patch if how == "patch" else contextlib.nullcontext():
+            server = (NotRunning if how == "subclass" else FileTimerServer)(pipe_path, "run", 0.5)
+            events = Recorder(server)
+            server.start()
+            try:
+                fd = os.open(pipe_path, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(fd, encode_json_line(TimerRequest(victim.pid, "s", time.time() + 0.2, 9)))
+                os.close(fd)
+
+                # Torch's meaning: a worker that is not running has its timers dropped
+                # (refused on arrival, or dropped as exited), and is never signalled.
+                def dropped() -> bool:
+                    stats = server.stats()
+                    return (
+                        stats.received == 1
+                        and stats.timers == 0
+                        and bool(stats.rejected or events.of(Exited))
+                    )
+
+                assert _until(dropped)
+                assert server.stats().signalled == 0
+            finally:
+                server.stop()
+                alive = victim.poll() is None
+                victim.kill()
+                victim.wait()
+        assert alive
+
+    def test_is_process_running_cannot_make_it_signal_an_exited_worker(
+        self, pipe_path: str
+    ) -> None:
+        class AlwaysRunning(FileTimerServer):
+            @staticmethod
+            def is_process_running(pid: int) -> bool:
+                return True
+
+        server = AlwaysRunning(pipe_path, "run", 0.5)
+        events = Recorder(server)
+        server.start()
+        hung = subprocess.Popen(["sleep", "300"])
+        gone = subprocess.Popen(["sleep", "300"])
+        try:
+            fd = os.open(pipe_path, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, encode_json_line(TimerRequest(gone.pid, "g", time.time() + 0.5, 9)))
+            finally:
+                os.close(fd)
+            assert _until(lambda: server.stats().armed == 1)
+            gone.terminate()
+            gone.wait()
+            fd = os.open(pipe_path, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, encode_json_line(TimerRequest(hung.pid, "h", time.time() + 0.5, 9)))
+            finally:
+                os.close(fd)
+            assert hung.wait(timeout=20) == -signal.SIGKILL
+            assert _until(lambda: server.stats().timers == 0)
+        finally:
+            server.stop()
+            hung.kill()
+            hung.wait()
+        assert [e.pid for e in events.of(Signalled)] == [hung.pid]  # type: ignore[attr-defined]
 
     def test_stats_is_the_engines(self, server: FileTimerServer) -> None:
         assert isinstance(server.stats(), WatchdogStats)

@@ -95,6 +95,11 @@ class LineDecoder:
     Feed it chunks as they are read; it keeps an unfinished last line for the next
     chunk, and discards a line longer than :data:`MAX_REQUEST_BYTES` up to its
     newline (reported once, as ``oversize``). Blank lines are skipped.
+
+    A writer that dies mid-line leaves a fragment that the next writer's line
+    completes. So a line that fails to decode is searched, from its last ``{``
+    backwards, for a valid request that ends it: that request is
+    returned after the error, which still reports (and counts) the bytes before it.
     """
 
     __slots__ = ("_discarding", "_partial")
@@ -116,9 +121,10 @@ class LineDecoder:
         if lines:
             first = self._partial + lines[0]
             self._partial = b""
-            if self._discarding:
-                self._discarding = False
+            discarded, self._discarding = self._discarding, False
+            if discarded:  # the end of an over-long line, reported already
                 lines[0] = b""
+                self._recover(first, out, None)
             else:
                 lines[0] = first
             decode = _json_decoder.decode
@@ -126,12 +132,12 @@ class LineDecoder:
                 if not line or line.isspace():
                     continue
                 if len(line) >= MAX_REQUEST_BYTES:
-                    out.append(_oversize(line))
+                    self._recover(line, out, _oversize(line))
                     continue
                 try:
                     out.append(_decode(decode, line))
                 except InvalidRequestError as error:
-                    out.append(error)
+                    self._recover(line, out, error)
         if self._discarding:
             return out
         if len(self._partial) + len(tail) >= MAX_REQUEST_BYTES:
@@ -141,6 +147,45 @@ class LineDecoder:
         else:
             self._partial += tail
         return out
+
+    #: How many ``{`` of a bad line are tried as the start of a request.
+    _RESYNC_TRIES = 16
+
+    @classmethod
+    def _recover(
+        cls,
+        line: bytes,
+        out: list[TimerRequest | InvalidRequestError],
+        error: InvalidRequestError | None,
+    ) -> None:
+        """Append ``error`` for a bad ``line``, then the valid request that ends it, if any.
+
+        The request is looked for at the last :attr:`_RESYNC_TRIES` ``{`` of the line's
+        last :data:`MAX_REQUEST_BYTES` bytes, latest first; the bytes before it become
+        the error's data. ``error=None``: the line was reported already.
+        """
+        start = max(1, len(line) - MAX_REQUEST_BYTES + 1)
+        at = len(line)
+        request: TimerRequest | None = None
+        for _ in range(cls._RESYNC_TRIES):
+            at = line.rfind(b"{", start, at)
+            if at < 0:
+                break
+            try:
+                request = _json_decoder.decode(line[at:])
+                break
+            except (msgspec.DecodeError, RecursionError, ValueError):
+                continue
+        if request is not None and error is not None:
+            error = InvalidRequestError(
+                error.reason,
+                "bytes before a request on the same line (a writer that did not finish it?)",
+                line[:at],
+            )
+        if error is not None:
+            out.append(error)
+        if request is not None:
+            out.append(request)
 
 
 def _decode(

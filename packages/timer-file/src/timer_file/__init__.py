@@ -31,7 +31,7 @@ from ._client import (
 from ._request import FileTimerRequest
 
 if TYPE_CHECKING:
-    from ._pipe import UnsafePipeError, default_pipe_path
+    from ._pipe import PipeInUseError, UnsafePipeError, default_pipe_path
     from ._queue import FileRequestQueue
     from ._server import FileTimerServer
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 _SERVER_SIDE = {
     "FileRequestQueue": "._queue",
     "FileTimerServer": "._server",
+    "PipeInUseError": "._pipe",
     "UnsafePipeError": "._pipe",
     "default_pipe_path": "._pipe",
 }
@@ -63,6 +64,7 @@ __all__ = [
     "FileTimerRequest",
     "FileTimerServer",
     "PipeFullError",
+    "PipeInUseError",
     "ServerUnavailableError",
     "UnsafePipeError",
     "__version__",

@@ -73,10 +73,15 @@ class FileTimerClient(TimerClient):
     for room, then raises :class:`PipeFullError`. With no server reading,
     :class:`ServerUnavailableError` (a ``BrokenPipeError``) is raised at once.
 
-    The client remembers the timers it has armed; whenever it finds a different
-    pipe behind the path, or the pipe lost its reader, it replays them before the
-    next request, so a restarted server knows them. After ``fork()`` the child
-    starts with no pipe and no armed timers of its own.
+    The client remembers the timers it has armed and not released (the blocks it is
+    inside); whenever it finds a different pipe behind the path, the pipe lost its
+    reader, or a request failed, it replays them before the next request, and a
+    background thread does the same while timers are armed, so a restarted server
+    knows them. It holds an ``O_PATH`` descriptor on the pipe it wrote to, so that
+    a pipe re-created at the path can never get the same inode number. A release
+    that fails is never replayed as an arm; it is sent again with the next request or
+    by that thread (a server that was only slow still learns it; a new one ignores it). After
+    ``fork()`` the child starts with no pipe and no armed timers of its own.
     """
 
     def __init__(
@@ -105,12 +110,17 @@ class FileTimerClient(TimerClient):
         self._pid = os.getpid()
         self._start_time = process_start_time(self._pid)
         self._fd = -1
+        #: An ``O_PATH`` descriptor on the pipe last written to: while it is held, no
+        #: new file can get that pipe's inode number, so ``_pipe_id`` stays unique.
+        self._pin = -1
         self._keep = False
         self._pipe_id: tuple[int, int] | None = None
         self._replay_due = False
         self._next_check = 0.0
         #: scope_id -> the encoded arm request, replayed into a new server.
         self._armed: dict[str, bytes] = {}
+        #: scope_id -> an encoded release that could not be sent; sent before the next request.
+        self._unsent: dict[str, bytes] = {}
         #: The thread that replays the armed timers into a restarted server.
         self._watcher: threading.Thread | None = None
 
@@ -143,6 +153,8 @@ class FileTimerClient(TimerClient):
         with self._lock:
             previous = self._armed.get(scope_id)
             self._armed[scope_id] = line
+            # This arm supersedes a release of the scope still waiting to be sent.
+            unsent = self._unsent.pop(scope_id, None)
             try:
                 self._send(line)
             except BaseException:
@@ -150,6 +162,8 @@ class FileTimerClient(TimerClient):
                     del self._armed[scope_id]
                 else:
                     self._armed[scope_id] = previous
+                if unsent is not None:
+                    self._unsent[scope_id] = unsent
                 raise
             if self._watcher is None:
                 self._watcher = threading.Thread(
@@ -167,31 +181,43 @@ class FileTimerClient(TimerClient):
             )
         )
         with self._lock:
-            previous = self._armed.pop(scope_id, None)
+            # The block has exited: whatever happens below, this scope is never replayed.
+            self._armed.pop(scope_id, None)
+            self._unsent.pop(scope_id, None)
             try:
                 self._send(line)
             except BaseException:
-                if previous is not None:
-                    self._armed[scope_id] = previous
+                # A server that is only slow still holds the timer: tell it later. (A
+                # server that went away took the timer with it; a new one ignores this.)
+                self._unsent[scope_id] = line
                 raise
 
     def close(self) -> None:
-        """Close the pipe if it is held open; the client reopens it on the next request."""
+        """Close the pipe; the client reopens it (and replays its armed timers) on the next request."""
         with self._lock:
             self._close_fd()
+            self._unpin()
 
     def _after_fork(self) -> None:
-        # The parent's descriptor is shared with the parent: close our copy only.
-        fd = self._fd
+        # The parent's descriptors are shared with the parent: close our copies only.
+        fds = (self._fd, self._pin)
         self._reset()
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+    def _unpin(self) -> None:
+        """Forget which pipe was written to: the next pipe opened counts as a new server."""
+        pin, self._pin = self._pin, -1
+        if pin >= 0:
+            os.close(pin)
+        self._pipe_id = None
 
     # -- sending (the lock is held) -------------------------------------------------
 
@@ -207,6 +233,7 @@ class FileTimerClient(TimerClient):
         if fd < 0:
             fd = self._connect(line)
         try:
+            self._write_unsent(fd)
             self._write(fd, line)
         except BrokenPipeError:
             # The reader went away: a server restart. Find the new pipe, replay, retry.
@@ -214,6 +241,7 @@ class FileTimerClient(TimerClient):
             self._replay_due = True
             fd = self._connect(line)
             try:
+                self._write_unsent(fd)
                 self._write(fd, line)
             except BrokenPipeError:
                 self._close_fd()
@@ -224,17 +252,32 @@ class FileTimerClient(TimerClient):
         if not self._keep:
             self._close_fd()
 
+    def _write_unsent(self, fd: int) -> None:
+        """Send the releases that failed before, oldest first."""
+        while self._unsent:
+            scope_id, line = next(iter(self._unsent.items()))
+            self._write(fd, line)
+            del self._unsent[scope_id]
+
     def _replay_if_server_changed(self) -> None:
-        """Replay the armed timers if the pipe lost its reader or the path names a new pipe."""
+        """Replay the armed timers (and send failed releases) if the server may have changed."""
         with self._lock:
-            if not self._armed or self._pid != os.getpid():
+            if not (self._armed or self._unsent) or self._pid != os.getpid():
                 return
-            if self._pipe_id is not None and self._path_names_pipe() and not self._reader_gone():
+            changed = (
+                self._replay_due
+                or self._pipe_id is None
+                or not self._path_names_pipe()
+                or self._reader_gone()
+            )
+            if not changed and not self._unsent:
                 return
-            self._close_fd()
-            self._replay_due = True
+            if changed:
+                self._close_fd()
+                self._replay_due = True
             with contextlib.suppress(OSError):  # no server yet: try again next time
-                self._connect(b"")
+                fd = self._fd if self._fd >= 0 else self._connect(b"")
+                self._write_unsent(fd)
                 if not self._keep:
                     self._close_fd()
 
@@ -280,6 +323,11 @@ class FileTimerClient(TimerClient):
                 for armed in list(self._armed.values()):
                     if armed is not line:
                         self._write(fd, armed)
+            if pipe_id != self._pipe_id:
+                self._unpin()
+                # Without /proc the inode goes unpinned; failed requests still replay.
+                with contextlib.suppress(OSError):
+                    self._pin = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
             raise

@@ -12,10 +12,11 @@ import select
 import termios
 import threading
 import time
+import weakref
 
 from timer_api import InvalidRequestError, LineDecoder, RequestQueue, TimerRequest
 
-from ._pipe import default_pipe_path, open_pipe, remove_pipe
+from ._pipe import default_pipe_path, make_private_dir, open_pipe, remove_pipe
 
 __all__ = ["FileRequestQueue"]
 
@@ -32,10 +33,15 @@ class FileRequestQueue(RequestQueue):
 
     The pipe is created privately when the queue opens (see :func:`open_pipe`) and
     removed when it closes; ``file_path=None`` picks a path in a new private
-    directory. :meth:`get` waits with ``poll`` on the pipe and on a wake-up pipe
+    directory, which :meth:`close` removes and :meth:`open` makes again.
+    :meth:`get` waits with ``poll`` on the pipe and on a wake-up pipe
     (:meth:`interrupt`), reads big chunks, and decodes them line by line: a line
     that is not a valid request comes back as an :class:`InvalidRequestError` in its
     place, and the requests around it are kept.
+
+    A child made by ``fork()`` gets the queue closed (the pipe is left to the
+    parent): it must not keep the pipe "read" after the server process is gone,
+    which would make a new server refuse the path (:class:`PipeInUseError`).
     """
 
     def __init__(self, file_path: str | None = None) -> None:
@@ -47,6 +53,7 @@ class FileRequestQueue(RequestQueue):
         self._fds: tuple[int, int, int, int] | None = None
         self._stat: os.stat_result | None = None
         self.open()
+        _OPEN_QUEUES.add(self)
 
     @property
     def file_path(self) -> str:
@@ -58,6 +65,8 @@ class FileRequestQueue(RequestQueue):
         with self._lock:
             if self._fds is not None:
                 return
+            if self._owns_dir:  # close() removed the private directory with the pipe
+                make_private_dir(os.path.dirname(self._path))
             reader, keepalive, self._stat = open_pipe(self._path)
             wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._fds = (reader, keepalive, wake_r, wake_w)
@@ -94,6 +103,15 @@ class FileRequestQueue(RequestQueue):
                     os.close(fd)
                 self._pending.clear()
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: close our copies of the descriptors, leave the pipe to the parent."""
+        self._lock = threading.Lock()  # the parent's loop may have held it while forking
+        fds, self._fds = self._fds, None
+        self._pending.clear()
+        for fd in fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def interrupt(self) -> None:
         """Wake a :meth:`get` that is waiting."""
         fds = self._fds
@@ -113,7 +131,8 @@ class FileRequestQueue(RequestQueue):
                 unread = buf[0]
             except OSError:
                 pass
-        return len(self._pending) + unread // _TYPICAL_REQUEST_BYTES
+        # Rounded up: any unread byte counts, so that ``size() == 0`` means nothing waits.
+        return len(self._pending) + -(-unread // _TYPICAL_REQUEST_BYTES)
 
     def get(self, size: int, timeout: float) -> list[Item]:
         """Return at most ``size`` items; wait at most ``timeout`` seconds for the first.
@@ -182,3 +201,15 @@ class FileRequestQueue(RequestQueue):
                         raise
                 return True
         return False
+
+
+#: Every queue made in this process, closed in a forked child.
+_OPEN_QUEUES: weakref.WeakSet[FileRequestQueue] = weakref.WeakSet()
+
+
+def _forget_all_after_fork() -> None:
+    for queue in list(_OPEN_QUEUES):
+        queue._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from timer_watchdog import Event, Expired, Signalled, WatchdogPolicy, WatchdogServer
+from timer_watchdog._process import Procfs
 
 from ._queue import FileRequestQueue
 from ._request import FileTimerRequest
@@ -17,6 +18,34 @@ __all__ = ["FileTimerServer"]
 logger = logging.getLogger("timer_file")
 
 LogEvent = Callable[[str, FileTimerRequest | None], None]
+
+#: Longest wait of one :meth:`FileTimerServer.run_once` round, in seconds.
+_RUN_ONCE_STEP = 0.01
+#: Least time :meth:`FileTimerServer.run_once` gives reaps to be confirmed, in seconds.
+_RUN_ONCE_REAP_LIMIT = 2.0
+
+
+class _ConsultingProcfs(Procfs):
+    """Read processes from /proc, and count a worker as exited when ``is_running`` says so.
+
+    ``is_running`` can only make the engine drop a worker's timers without
+    signalling it (as torch's server does for a process that is not running); a
+    worker it calls running is still proven by the engine before any signal.
+    """
+
+    def __init__(self, is_running: Callable[[int], bool]) -> None:
+        self._is_running = is_running
+
+    def liveness(self, pid: int, start_time: int, pidfd: int | None = None) -> str | None:
+        """Return ``None`` (exited) if ``is_running(pid)`` is false, else the engine's answer."""
+        try:
+            running = self._is_running(pid)
+        except Exception:
+            logger.exception("is_process_running(%d) raised; counting the process as running", pid)
+            running = True
+        if not running:
+            return None
+        return super().liveness(pid, start_time, pidfd)
 
 
 class FileTimerServer(WatchdogServer):
@@ -31,6 +60,11 @@ class FileTimerServer(WatchdogServer):
     Unlike torch's server, it never signals its own process after a reap unless
     the policy says ``exit_on_reap=True``. ``policy`` and ``wall_clock`` go to
     :class:`timer_watchdog.WatchdogServer`.
+
+    As in torch, :meth:`is_process_running` is consulted (also when a subclass or a
+    ``mock.patch`` replaces it): a worker it calls not running has its timers
+    dropped unsignalled. It cannot make the server signal anything: a worker it
+    calls running is still identified by pid and start time before any signal.
     """
 
     def __init__(
@@ -45,6 +79,7 @@ class FileTimerServer(WatchdogServer):
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._file_queue = FileRequestQueue(file_path)
+        self._draining = False
         try:
             super().__init__(
                 self._file_queue, max_interval, daemon, policy=policy, wall_clock=wall_clock
@@ -58,6 +93,7 @@ class FileTimerServer(WatchdogServer):
         self._is_client_started = False
         if log_event is not None:
             self.subscribe(self._forward_event)
+        self._procfs = _ConsultingProcfs(self._consult_is_process_running)
 
     @property
     def file_path(self) -> str:
@@ -84,18 +120,52 @@ class FileTimerServer(WatchdogServer):
             self._is_client_started = False
             self._log("watchdog stopped", None)
 
+    def run_once(self) -> None:
+        """Stop the loop, process what is waiting in the pipe, then remove the pipe.
+
+        torch's test helper, in the caller's thread once the loop thread has finished
+        its round: the requests already written are read and registered (those that
+        keep arriving, for at most ``max_interval``), the workers that exited are
+        dropped, expired timers are handled, and the reaps this starts are given up to
+        ``max(max_interval, 2)`` seconds to be confirmed. The pipe is then closed as by
+        :meth:`stop`, which still logs ``"watchdog stopped"``; :meth:`start` serves again.
+        """
+        WatchdogServer.stop(self)
+        self._draining = True
+        try:
+            end = time.monotonic() + self._max_interval
+            self._run_watchdog()
+            while self._file_queue.size() and time.monotonic() < end:
+                self._run_watchdog()
+            self._next_sweep = 0.0  # the next round checks every worker, as torch's does
+            self._run_watchdog()
+            end = time.monotonic() + max(self._max_interval, _RUN_ONCE_REAP_LIMIT)
+            while self.stats().reaping and time.monotonic() < end:
+                self._run_watchdog()
+        finally:
+            self._draining = False
+            self._file_queue.close()
+
     def get_last_progress_time(self) -> int:
         """Return when the last watchdog round finished (``int(time.time())``), as torch does."""
         return self._last_progress_time if self._is_client_started else int(time.time())
 
     @staticmethod
     def is_process_running(pid: int) -> bool:
-        """Tell whether process ``pid`` exists and can be signalled."""
+        """Tell whether process ``pid`` exists and can be signalled (consulted by the server)."""
         try:
             os.kill(pid, 0)
         except OSError:
             return False
         return True
+
+    def _consult_is_process_running(self, pid: int) -> bool:
+        # Looked up on each call, so that a later override or patch is seen.
+        return self.is_process_running(pid)
+
+    def _wait_timeout(self) -> float:
+        timeout = super()._wait_timeout()
+        return min(timeout, _RUN_ONCE_STEP) if self._draining else timeout
 
     def _run_watchdog(self) -> None:
         super()._run_watchdog()
