@@ -54,15 +54,21 @@ class LocalTimerClient(TimerClient):
     asynchronous, as in torch: the queue's feeder thread writes the bytes.
 
     ``signal`` (an extension) asks the server to send that signal on expiry
-    instead of its own choice; 0, the default, leaves the choice to the server.
+    instead of its own choice; ``None``, the default, leaves the choice to the
+    server; 0 or less asks it to report the expiry and send nothing.
     """
 
     __slots__ = ("_mp_queue", "_put", "_signal")
 
-    def __init__(self, mp_queue: Any, *, signal: int = 0) -> None:
+    def __init__(self, mp_queue: Any, *, signal: int | None = None) -> None:
+        if signal is not None and (
+            not isinstance(signal, int) or isinstance(signal, bool) or signal > _MAX_SIGNAL
+        ):
+            raise ValueError(f"signal must be None or an int up to {_MAX_SIGNAL}, got {signal!r}")
+        signal = None if signal is None else int(signal)
         self._mp_queue = mp_queue
         self._put = mp_queue.put
-        self._signal = _signal_number(signal)
+        self._signal = signal
         install_stack_dump_from_env()  # under `timer-watchdog run --stacks DIR`
 
     def __reduce__(self) -> tuple[Callable[..., LocalTimerClient], tuple[Any]]:
@@ -101,13 +107,6 @@ class LocalTimerClient(TimerClient):
         if len(data) > MAX_REQUEST_BYTES:
             _refuse_size(data)
         self._put(data)
-
-
-def _signal_number(signal: object) -> int:
-    """Return ``signal`` (an ``int`` or a ``signal.Signals``) as a plain int, or raise ``ValueError``."""
-    if isinstance(signal, int) and not isinstance(signal, bool) and 0 <= signal <= _MAX_SIGNAL:
-        return int(signal)
-    raise ValueError(f"signal must be an int from 0 to {_MAX_SIGNAL}, got {signal!r}")
 
 
 def _refuse_scope(scope_id: object) -> NoReturn:

@@ -143,6 +143,13 @@ class TimerTable:
             self._maybe_compact()
         return found
 
+    def drop_expired(self, worker: Worker) -> int:
+        """Drop ``worker``'s expired timers (its armed ones stay); return how many there were."""
+        dropped = len(worker.expired)
+        worker.expired.clear()
+        self._holding.discard(worker.pid)
+        return dropped
+
     def _is_live(self, entry: Entry) -> bool:
         request = entry[2]
         worker = self._workers.get(request.worker_id)
