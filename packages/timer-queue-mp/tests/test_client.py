@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 import time
 from typing import Any
@@ -89,10 +90,14 @@ class TestRequests:
         thread.join(PATIENCE)
         assert take(queue).thread_id == idents[0] != threading.get_ident()
 
-    def test_signal_extension_is_sent(self, fork: Any) -> None:
+    @pytest.mark.parametrize(
+        "signal", [15, signal.SIGTERM, signal.SIGKILL], ids=["int", "SIGTERM", "SIGKILL"]
+    )
+    def test_signal_extension_is_sent(self, fork: Any, signal: int) -> None:
+        # A signal.Signals (an IntEnum) is accepted, as FileTimerClient accepts it.
         queue = fork.Queue()
-        LocalTimerClient(queue, signal=15).acquire("x", time.time() + 60)
-        assert take(queue).signal == 15
+        LocalTimerClient(queue, signal=signal).acquire("x", time.time() + 60)
+        assert take(queue).signal == int(signal)
 
     def test_start_time_is_read_again_after_fork(self, fork: Any) -> None:
         queue, report = fork.Queue(), fork.Queue()

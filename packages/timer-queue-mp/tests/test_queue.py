@@ -16,6 +16,7 @@ import pytest
 
 from timer_api import InvalidRequestError, RejectReason, TimerRequest, encode_msgpack
 from timer_queue_mp import MultiprocessingRequestQueue
+from timer_queue_mp._pipe import _framing_is_known
 from timer_queue_mp._queue import WAKE_TOKEN
 
 FORK = multiprocessing.get_context("fork")
@@ -183,45 +184,98 @@ def _put_ghost(queue: Any) -> None:
     queue.join_thread()
 
 
-class TestBadItems:
-    def test_bad_items_are_rejected_in_place(self, kind: Any) -> None:
+def take_all(
+    requests: MultiprocessingRequestQueue, requests_expected: int, rejected_expected: int
+) -> tuple[list[TimerRequest], list[InvalidRequestError]]:
+    """Read until the expected numbers of requests and rejections arrived (bounded)."""
+    got: list[TimerRequest] = []
+    rejected: list[InvalidRequestError] = []
+    deadline = time.monotonic() + PATIENCE
+    while (len(got) < requests_expected or len(rejected) < rejected_expected) and (
+        time.monotonic() < deadline
+    ):
+        got += requests.get(100, 0.1)
+        rejected += requests.take_rejected()
+    return got, rejected
+
+
+class TestGetReturnsOnlyRequests:
+    def test_request_objects_come_back_as_they_were_put(self, kind: Any) -> None:
+        # torch's own queue test puts TimerRequest(0, ...) and expects it back.
+        put = [TimerRequest(0, "zero", 0), TimerRequest(-1, "negative", 1.0, signal=99)]
+        requests = put_all(kind[1], put)
+        assert requests.get(2, PATIENCE) == put
+        assert requests.take_rejected() == []
+
+    def test_bad_items_are_set_aside_in_order(self, kind: Any) -> None:
         legacy = types.SimpleNamespace(worker_id=4242, scope_id="old", expiration_time=5.0)
         items = [b"\xffgarbage", arm(0), 42, legacy, "text", TimerRequest(4242, "obj", 6.0), None]
-        requests = put_all(kind[1], items)
-        got = requests.get(len(items), PATIENCE)
-        reasons = [g.reason if isinstance(g, InvalidRequestError) else g.scope_id for g in got]
-        assert reasons == [
+        requests = put_all(kind[1], items, expect=3)
+        got, rejected = take_all(requests, 3, 4)
+        assert all(type(g) is TimerRequest for g in got)
+        assert scopes(got) == ["s0", "old", "obj"]
+        assert [r.reason for r in rejected] == [
             RejectReason.MALFORMED,
-            "s0",
             RejectReason.WRONG_OBJECT,
-            "old",
             RejectReason.WRONG_OBJECT,
-            "obj",
             RejectReason.WRONG_OBJECT,
         ]
+        assert requests.take_rejected() == []
+
+    def test_get_returns_early_when_only_a_bad_item_arrived(self, kind: Any) -> None:
+        requests = put_all(kind[1], [42], expect=0)
+        assert wait_for(lambda: requests.get(1, 0) == [] and len(requests._rejected) == 1)
+        started = time.monotonic()
+        kind[1].put(43)
+        assert requests.get(1, 600) == []
+        assert time.monotonic() - started < 300  # did not wait for the timeout
+        assert [r.reason for r in requests.take_rejected()] == [RejectReason.WRONG_OBJECT] * 2
 
     @pytest.mark.parametrize("queue_type", [FORK.Queue, SubclassedQueue])
-    def test_item_that_cannot_be_unpickled_is_rejected(self, queue_type: Any) -> None:
+    def test_item_that_cannot_be_unpickled_is_set_aside(self, queue_type: Any) -> None:
         # (A manager unpickles on put, so there the writer gets the error.)
         queue = queue_type()
         writer = FORK.Process(target=_put_ghost, args=(queue,))
         writer.start()
         writer.join(PATIENCE)
-        requests = MultiprocessingRequestQueue(queue)
-        assert wait_for(lambda: requests.size() >= 2)
-        got = requests.get(2, PATIENCE)
-        assert isinstance(got[0], InvalidRequestError)
-        assert got[0].reason is RejectReason.WRONG_OBJECT
-        assert "unpickle" in got[0].detail
-        assert scopes(got[1:]) == ["s0"]
+        got, rejected = take_all(MultiprocessingRequestQueue(queue), 1, 1)
+        assert scopes(got) == ["s0"]
+        assert [r.reason for r in rejected] == [RejectReason.WRONG_OBJECT]
+        assert "unpickle" in rejected[0].detail
 
     def test_item_larger_than_the_pipe_does_not_disturb_the_others(self, kind: Any) -> None:
-        requests = put_all(kind[1], [arm(0), b"\x00" * 300_000, arm(1)])
-        got = requests.get(3, PATIENCE)
-        assert got[0].scope_id == "s0"
-        assert isinstance(got[1], InvalidRequestError)
-        assert got[1].reason is RejectReason.OVERSIZE
-        assert got[2].scope_id == "s1"
+        requests = put_all(kind[1], [arm(0), b"\x00" * 300_000, arm(1)], expect=2)
+        got, rejected = take_all(requests, 2, 1)
+        assert scopes(got) == ["s0", "s1"]
+        assert [r.reason for r in rejected] == [RejectReason.OVERSIZE]
+
+
+class TestBulkReader:
+    """The bulk reader uses private parts of multiprocessing.Queue; nox runs this on every Python."""
+
+    def test_plain_queue_is_read_in_bulk_on_this_python(self) -> None:
+        assert _framing_is_known()
+        requests = MultiprocessingRequestQueue(FORK.Queue())
+        assert requests.reads_in_bulk
+
+    @pytest.mark.parametrize("change", ["missing", "different"])
+    def test_queue_without_the_expected_layout_is_read_through_its_get(self, change: str) -> None:
+        # What a future Python that renames or reshapes Queue._reader looks like.
+        queue = FORK.Queue()
+        for item in (arm(0), 42, arm(1)):
+            queue.put(item)  # (the first put starts the feeder thread, which uses _reader)
+        if change == "missing":
+            del queue._reader
+        else:
+            queue._reader = object()
+        requests = MultiprocessingRequestQueue(queue)
+        assert not requests.reads_in_bulk
+        got, rejected = take_all(requests, 2, 1)
+        assert scopes(got) == ["s0", "s1"]
+        assert [r.reason for r in rejected] == [RejectReason.WRONG_OBJECT]
+
+    def test_other_queue_types_are_read_through_their_get(self) -> None:
+        assert not MultiprocessingRequestQueue(SubclassedQueue()).reads_in_bulk
 
 
 class TestBrokenTransport:

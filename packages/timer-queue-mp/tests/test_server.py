@@ -55,7 +55,7 @@ class TestReaping:
         stats = server.stats()
         assert (stats.armed, stats.expired, stats.signalled) == (1, 1, 1)
 
-    @pytest.mark.parametrize("where", ["policy", "client"])
+    @pytest.mark.parametrize("where", ["policy", "client", "client-enum"])
     def test_configured_signal_is_sent(
         self, fork: Any, serve: Serve, start_worker: Start, where: str
     ) -> None:
@@ -65,16 +65,19 @@ class TestReaping:
             worker = start_worker(fork, queue, "hang")
         else:
             serve(queue)
-            worker = start_worker(fork, queue, "hang", signal=int(signal.SIGTERM))
+            sig = signal.SIGTERM if where == "client-enum" else int(signal.SIGTERM)
+            worker = start_worker(fork, queue, "hang", signal=sig)
         assert finish(worker) == -signal.SIGTERM
 
     def test_in_time_worker_is_untouched(
         self, fork: Any, serve: Serve, start_worker: Start, wait_for: WaitFor
     ) -> None:
-        queue = fork.Queue()
+        queue, done = fork.Queue(), fork.Event()
         server = serve(queue)
-        assert finish(start_worker(fork, queue, "in_time", linger=0.2)) == 0
+        worker = start_worker(fork, queue, "in_time", finish=done)
         assert wait_for(lambda: server.stats().released == 1)
+        done.set()
+        assert finish(worker) == 0
         stats = server.stats()
         assert (stats.armed, stats.expired, stats.signalled, stats.timers) == (1, 0, 0, 0)
 
@@ -93,11 +96,12 @@ class TestReaping:
     def test_recursive_scope_is_one_timer(
         self, fork: Any, serve: Serve, start_worker: Start, wait_for: WaitFor
     ) -> None:
-        queue, report = fork.Queue(), fork.Queue()
+        queue, report, done = fork.Queue(), fork.Queue(), fork.Event()
         server = serve(queue)
-        worker = start_worker(fork, queue, "recursive", report, linger=0.5)
+        worker = start_worker(fork, queue, "recursive", report, finish=done)
         assert report.get(timeout=PATIENCE) == "released"
         assert wait_for(lambda: server.stats().received == 42)
+        done.set()
         stats = server.stats()
         assert (stats.armed, stats.timers, stats.signalled) == (21, 0, 0)
         assert finish(worker) == 0
@@ -130,13 +134,14 @@ class TestManyWorkers:
     def test_many_workers_at_once(
         self, fork: Any, serve: Serve, start_worker: Start, wait_for: WaitFor
     ) -> None:
-        queue = fork.Queue()
+        queue, done = fork.Queue(), fork.Event()
         server = serve(queue)
         hung = [start_worker(fork, queue, "hang") for _ in range(6)]
-        fine = [start_worker(fork, queue, "in_time") for _ in range(6)]
+        fine = [start_worker(fork, queue, "in_time", finish=done) for _ in range(6)]
         assert [finish(p) for p in hung] == [-signal.SIGKILL] * 6
-        assert [finish(p) for p in fine] == [0] * 6
         assert wait_for(lambda: server.stats().released == 6)
+        done.set()
+        assert [finish(p) for p in fine] == [0] * 6
         assert server.stats().signalled == 6
 
     def test_every_request_is_accounted_for(
@@ -169,12 +174,14 @@ def test_every_start_method(
     ctx = multiprocessing.get_context("fork" if method == "manager" else method)
     with multiprocessing.Manager() if method == "manager" else _nothing() as manager:
         queue = manager.Queue() if manager is not None else ctx.Queue()
+        done = manager.Event() if manager is not None else ctx.Event()
         server = serve(queue)
         hung = start_worker(ctx, queue, "hang")
-        fine = start_worker(ctx, queue, "in_time")
+        fine = start_worker(ctx, queue, "in_time", finish=done)
         assert finish(hung) == -signal.SIGKILL
-        assert finish(fine) == 0
         assert wait_for(lambda: server.stats().released == 1)
+        done.set()
+        assert finish(fine) == 0
         assert server.stats().signalled == 1
 
 
@@ -265,13 +272,15 @@ class TestBadRequests:
         hung = start_worker(fork, queue, "hang")
         for item in garbage[5:]:
             queue.put(item)
-        fine = start_worker(fork, queue, "in_time")
+        done = fork.Event()
+        fine = start_worker(fork, queue, "in_time", finish=done)
         assert finish(hung) == -signal.SIGKILL
+        assert wait_for(lambda: server.stats().released == 1)
+        done.set()
         assert finish(fine) == 0
         assert wait_for(lambda: server.stats().rejected == len(garbage))
         # The counter and its events are one step: the events are all there already.
         reasons = sorted(e.reason.value for e in events if isinstance(e, Rejected))
-        assert wait_for(lambda: server.stats().released == 1)
         assert reasons == sorted(
             [
                 "malformed",

@@ -31,11 +31,12 @@ def tell(value):
 if action == "hang":  # overstay a short timer
     with expires(after=args.get("after", 0.3)):
         time.sleep(60)
-elif action == "in_time":  # finish well before a long timer
+elif action == "in_time":  # finish well before a long timer; exit when told, if asked to
     with expires(after=60):
         time.sleep(0.05)
     tell("done")
-    time.sleep(args.get("linger", 0))
+    if "finish" in args:  # so that the server reads the requests while the worker lives
+        args["finish"].wait(30)
 elif action == "nested":  # two nested scopes, both released, then hang in an outer one
     with expires(after=60, scope="outer"):
         with expires(after=60, scope="inner"):
@@ -55,7 +56,7 @@ elif action == "recursive":  # the same scope re-armed by recursion, released at
 
     descend(20)
     tell("released")
-    time.sleep(args.get("linger", 0))
+    args["finish"].wait(30)
 elif action == "threads":  # a thread overstays while the main thread's timer is released
 
     def hang_in_thread():

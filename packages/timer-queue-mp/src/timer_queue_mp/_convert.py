@@ -1,25 +1,23 @@
-"""Turn one item taken off the queue into a validated request, or the reason it is not one."""
+"""Turn one item taken off the queue into a request, or the reason it cannot be one."""
 
 from __future__ import annotations
-
-import msgspec
 
 from timer_api import InvalidRequestError, RejectReason, TimerRequest, decode_msgpack
 
 __all__ = ["to_request"]
 
-_encode = msgspec.msgpack.Encoder().encode
 _LEGACY_FIELDS = ("worker_id", "scope_id", "expiration_time")
 
 
 def to_request(item: object) -> TimerRequest | InvalidRequestError:
-    """Return ``item`` as a validated request, or an :class:`InvalidRequestError` saying why not.
+    """Return ``item`` as a request, or an :class:`InvalidRequestError` saying why it is not one.
 
-    ``item`` is MessagePack bytes from :class:`LocalTimerClient`, or a pickled
-    request object put by older code: ``timer_api.TimerRequest`` itself or any
-    object with torch's ``worker_id``, ``scope_id`` and ``expiration_time``
-    attributes. Objects are re-encoded and decoded, so they pass exactly the
-    checks that bytes do. Anything else is a ``wrong_object`` rejection.
+    ``item`` is MessagePack bytes from :class:`LocalTimerClient` (decoded, so checked
+    as the wire format says), a ``timer_api.TimerRequest`` (returned as it is: the
+    server checks its values, as torch's does), or any object with torch's
+    ``worker_id``, ``scope_id`` and ``expiration_time`` attributes of the right types
+    (an int, a str, a number), which becomes a request with those fields. Anything
+    else is a ``wrong_object`` or ``wrong_type`` rejection.
     """
     if type(item) is bytes:
         try:
@@ -29,7 +27,7 @@ def to_request(item: object) -> TimerRequest | InvalidRequestError:
     if isinstance(item, (bytearray, memoryview)):
         return to_request(bytes(item))
     if isinstance(item, TimerRequest):
-        return _revalidate(item)
+        return item
     try:
         worker_id, scope_id, expiration_time = (getattr(item, name) for name in _LEGACY_FIELDS)
     except Exception:  # AttributeError, or whatever a hostile property raises
@@ -37,13 +35,15 @@ def to_request(item: object) -> TimerRequest | InvalidRequestError:
             RejectReason.WRONG_OBJECT,
             f"expected MessagePack bytes or a TimerRequest, got {type(item).__qualname__}",
         )
-    return _revalidate({"pid": worker_id, "scope_id": scope_id, "expiration_time": expiration_time})
-
-
-def _revalidate(request: object) -> TimerRequest | InvalidRequestError:
-    """Run ``request`` through the wire format, so that it is checked as received bytes are."""
-    try:
-        data = _encode(request)
-    except (TypeError, ValueError, OverflowError) as exc:
-        return InvalidRequestError(RejectReason.WRONG_TYPE, f"cannot encode request: {exc}")
-    return to_request(data)
+    if (
+        type(worker_id) is not int
+        or type(scope_id) is not str
+        or type(expiration_time) not in (int, float)
+    ):
+        return InvalidRequestError(
+            RejectReason.WRONG_TYPE,
+            f"{type(item).__qualname__} has worker_id {type(worker_id).__name__}, "
+            f"scope_id {type(scope_id).__name__}, "
+            f"expiration_time {type(expiration_time).__name__}",
+        )
+    return TimerRequest(worker_id, scope_id, expiration_time)

@@ -5,14 +5,26 @@ which caps a reader near 100,000 items/s. :class:`PipeReader` takes the queue's
 read lock once, reads up to 64 KiB at a time and splits it into the frames that
 ``multiprocessing.connection`` writes (a 4-byte big-endian length, or -1 and an
 8-byte length, then the pickled item), releasing the queue's semaphore once per
-item exactly as ``Queue.get`` does. It is used only for a plain
-``multiprocessing.queues.Queue`` on POSIX, whose layout has been stable since
-Python 3.8; every other queue goes through its own ``get``.
+item exactly as ``Queue.get`` does.
+
+It relies on attributes of ``multiprocessing.queues.Queue`` that are not public
+(``_reader``, ``_rlock``, ``_sem``, ``_closed``, and ``_wlock`` when present) and on
+the connection's framing. :meth:`PipeReader.supports` checks both on the running
+Python, and the queue falls back to ``Queue.get`` when either differs.
+
+A writer killed in the middle of an item leaves a partial frame in the pipe (and,
+under a plain queue, the writers' lock held). The reader does not stay stuck on it:
+when the rest of a frame does not come within :data:`FRAME_WAIT` seconds, or a frame
+does not hold a pickle, it reports the bytes as :class:`Lost`, searches the stream
+for the next frame and goes on; a writers' lock left held by a dead writer is
+released, so that the other workers can write again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing.connection
 import multiprocessing.queues
 import os
 import select
@@ -20,20 +32,37 @@ import struct
 import sys
 import time
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["PipeReader"]
+__all__ = ["FRAME_WAIT", "Lost", "PipeReader"]
 
 _CHUNK = 65536
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
-#: How long to wait for the rest of a frame whose start has been read.
-_FRAME_WAIT = 5.0
-_ATTRIBUTES = ("_reader", "_rlock", "_sem", "_closed")
+#: Seconds without a byte after which a frame already started is given up as truncated.
+FRAME_WAIT = 5.0
+#: After a truncated frame, how long the pipe must stay silent before a writers'
+#: lock that is still held is taken for one left by a dead writer.
+_LOCK_GRACE = 0.5
+#: The largest frame accepted while searching for the next frame after a loss.
+_RESYNC_MAX = 16 * 1024 * 1024
+#: What every pickle written by ``multiprocessing`` starts with (PROTO 2 to 5) and ends with (STOP).
+_PROTO = 0x80
+_STOP = 0x2E
+_NOT_PICKLE = "a frame in the queue's pipe does not hold a pickled item"
 
 
-class TruncatedFrameError(OSError):
-    """Raise when the pipe no longer carries whole frames (a writer died mid-write)."""
+class PipeClosedError(OSError):
+    """Raise when the queue's pipe has no writer left: nothing can ever arrive."""
+
+
+class Lost(NamedTuple):
+    """A stretch of the pipe that held no whole item, in place of the items it cost."""
+
+    #: How many bytes were skipped.
+    size: int
+    #: What happened, for the rejection the server reports.
+    detail: str
 
 
 class PipeReader:
@@ -41,7 +70,7 @@ class PipeReader:
 
     __slots__ = (
         "__weakref__",
-        "_broken",
+        "_carry",
         "_data",
         "_fd",
         "_poller",
@@ -50,22 +79,39 @@ class PipeReader:
         "_sem",
         "_wake_r",
         "_wake_w",
+        "_wlock",
     )
 
     @staticmethod
     def supports(mp_queue: object) -> bool:
-        """Tell whether ``mp_queue`` is a plain ``multiprocessing.Queue`` this reader can drive."""
-        return (
-            sys.platform != "win32"
-            and type(mp_queue) is multiprocessing.queues.Queue
-            and all(hasattr(mp_queue, name) for name in _ATTRIBUTES)
-        )
+        """Tell whether ``mp_queue`` is a plain ``multiprocessing.Queue`` this reader can drive.
+
+        ``False`` on Windows, for any other queue type, and when the running Python's
+        queue lacks one of the private attributes the reader uses or frames its items
+        differently; the caller then uses the queue's own ``get``.
+        """
+        if sys.platform == "win32" or type(mp_queue) is not multiprocessing.queues.Queue:
+            return False
+        queue: Any = mp_queue
+        try:
+            usable = (
+                callable(queue._reader.fileno)
+                and callable(queue._rlock.acquire)
+                and callable(queue._rlock.release)
+                and callable(queue._sem.release)
+                and isinstance(queue._closed, bool)
+            )
+        except AttributeError:
+            return False
+        return usable and _framing_is_known()
 
     def __init__(self, mp_queue: Any) -> None:
         self._queue = mp_queue
         self._fd: int = mp_queue._reader.fileno()
         self._rlock = mp_queue._rlock
         self._sem = mp_queue._sem
+        wlock = getattr(mp_queue, "_wlock", None)
+        self._wlock = wlock if callable(getattr(wlock, "acquire", None)) else None
         # A private pipe that interrupt() writes to, so a waiting reader wakes at once.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -76,8 +122,8 @@ class PipeReader:
         self._poller.register(self._wake_r, select.POLLIN)
         self._data = select.poll()
         self._data.register(self._fd, select.POLLIN)
-        #: Set when the byte stream lost its framing; the queue is unusable from then on.
-        self._broken: OSError | None = None
+        #: The start of a frame read after a loss whose rest has not arrived yet.
+        self._carry = b""
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for data; return ``False`` on timeout or interrupt."""
@@ -99,83 +145,219 @@ class PipeReader:
         with contextlib.suppress(OSError):  # full (already woken) or closed
             os.write(self._wake_w, b"\0")
 
-    def read(self) -> list[bytes]:
+    def read(self) -> list[bytes | Lost]:
         """Return the pickled items waiting in the pipe (at least one chunk's worth), in order.
 
-        Returns an empty list if nothing is there or another reader holds the lock.
+        A stretch of bytes that held no whole item comes back as a :class:`Lost`
+        in its place. Returns an empty list if nothing is there or another reader
+        holds the lock.
         """
         if self._queue._closed:
             raise ValueError(f"queue {self._queue!r} is closed")
-        if self._broken is not None:
-            raise self._broken
-        if not self._rlock.acquire(True, _FRAME_WAIT):
+        if not self._rlock.acquire(True, FRAME_WAIT):
             return []
         try:
-            frames = self._read_frames()
+            items = self._read_frames()
         finally:
             self._rlock.release()
         release = self._sem.release
-        for _ in frames:
+        for _ in items:
             try:
                 release()
             except ValueError:  # a writer that bypassed the semaphore
                 break
-        return frames
+        return items
 
-    def _read_frames(self) -> list[bytes]:
-        """Read one chunk and the rest of its last frame; keep what was whole if that fails."""
-        frames: list[bytes] = []
-        try:
-            self._split(frames)
-        except OSError as exc:
-            self._broken = exc
-        return frames
-
-    def _split(self, frames: list[bytes]) -> None:
+    def _read_frames(self) -> list[bytes | Lost]:
+        """Read one chunk and the rest of its last frame, skipping what is not a frame."""
         fd = self._fd
         if not self._data.poll(0):
-            return
-        buffer = os.read(fd, _CHUNK)
-        if not buffer:
-            raise TruncatedFrameError("the queue's pipe has no writer left")
+            return []
+        chunk = os.read(fd, _CHUNK)
+        if not chunk:
+            raise PipeClosedError("the queue's pipe has no writer left")
+        buffer = self._carry + chunk if self._carry else chunk
+        self._carry = b""
+        out: list[bytes | Lost] = []
+        append = out.append
+        unpack_short = _SHORT.unpack_from
         pos = 0
         end = len(buffer)
-        unpack_short = _SHORT.unpack_from
+        lost_at = -1  # start of the bytes being skipped; -1: in step with the frames
+        why = ""
+        stalled = False  # the rest of a frame did not come: wait no more in this call
         while pos < end:
-            header = 4
-            if end - pos < header:
-                buffer += self._read_exactly(pos + header - end)
-                end = len(buffer)
-            (size,) = unpack_short(buffer, pos)
-            if size == -1:
-                header = 12
-                if end - pos < header:
-                    buffer += self._read_exactly(pos + header - end)
-                    end = len(buffer)
-                (size,) = _LONG.unpack_from(buffer, pos + 4)
-            elif size < 0:
-                raise TruncatedFrameError(f"bad frame length {size}: the stream lost its framing")
-            stop = pos + header + size
+            if lost_at < 0:
+                # The common case, in step: whole frames that each hold a pickle.
+                while pos + 6 < end:
+                    (size,) = unpack_short(buffer, pos)
+                    stop = pos + 4 + size
+                    if (
+                        stop > end
+                        or size < 2
+                        or buffer[pos + 4] != 0x80
+                        or buffer[stop - 1] != 0x2E
+                    ):
+                        break
+                    append(buffer[pos + 4 : stop])
+                    pos = stop
+                if pos >= end:
+                    break
+            searching = lost_at >= 0
+            found = _frame_at(buffer, pos, _RESYNC_MAX if searching else None)
+            if found is None:  # no frame starts here
+                if not searching:
+                    lost_at, why = pos, _NOT_PICKLE
+                pos = _next_candidate(buffer, pos + 1)
+                continue
+            start, stop = found
             if stop > end:
-                buffer += self._read_exactly(stop - end)
-                end = len(buffer)
-            frames.append(buffer[pos + header : stop])
+                # First enough to check the pickle's first bytes, then the whole frame.
+                need = stop if end >= start + 2 else min(stop, start + 2)
+                if not stalled:
+                    buffer, complete = self._fill(buffer, need)
+                    end = len(buffer)
+                    if complete:
+                        continue
+                if searching and stalled:
+                    # A header is written whole, so a shorter tail is not the start
+                    # of an item; a longer one may be, from a writer still writing.
+                    if end - pos >= _SHORT.size:
+                        self._carry = buffer[pos:]
+                    else:
+                        pos = end
+                    break
+                stalled = True
+                if not searching:
+                    lost_at = pos
+                    why = (
+                        f"a queue item stopped {stop - end} bytes short "
+                        "(its writer died while writing it?)"
+                    )
+                pos = _next_candidate(buffer, pos + 1)
+                continue
+            if buffer[stop - 1] != _STOP:
+                if not searching:
+                    lost_at, why = pos, _NOT_PICKLE
+                pos = _next_candidate(buffer, pos + 1)
+                continue
+            if searching:
+                append(Lost(pos - lost_at, why))
+                lost_at = -1
+            append(buffer[start:stop])
             pos = stop
+        if lost_at >= 0:
+            append(Lost(pos - lost_at, why))
+        if stalled and self._break_stale_lock():
+            last = max(i for i, item in enumerate(out) if isinstance(item, Lost))
+            lost = out[last]
+            assert isinstance(lost, Lost)
+            out[last] = lost._replace(
+                detail=f"{lost.detail}; released the queue's write lock it left held"
+            )
+        return out
 
-    def _read_exactly(self, count: int) -> bytes:
-        """Read the ``count`` bytes that complete a frame already started."""
-        parts = []
-        deadline = time.monotonic() + _FRAME_WAIT
-        while count > 0:
+    def _fill(self, buffer: bytes, size: int) -> tuple[bytes, bool]:
+        """Read on until ``buffer`` holds ``size`` bytes; tell whether it got there.
+
+        It gives up when the pipe stays silent for :data:`FRAME_WAIT` seconds, and
+        returns what it read until then.
+        """
+        parts = [buffer]
+        have = len(buffer)
+        deadline = time.monotonic() + FRAME_WAIT
+        while have < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._data.poll(remaining * 1000.0):
-                raise TruncatedFrameError(f"a queue item stopped {count} bytes short")
-            part = os.read(self._fd, min(count, _CHUNK * 16))
+                break
+            part = os.read(self._fd, min(size - have, _CHUNK * 16))
             if not part:
-                raise TruncatedFrameError("the queue's pipe was closed in the middle of an item")
+                break
             parts.append(part)
-            count -= len(part)
-        return b"".join(parts)
+            have += len(part)
+            deadline = time.monotonic() + FRAME_WAIT
+        return b"".join(parts), have >= size
+
+    def _break_stale_lock(self) -> bool:
+        """Release the writers' lock if a writer died holding it; tell whether it did.
+
+        Called after a frame stopped short. If the lock is held and the pipe still
+        receives nothing for a little longer, no live writer is using it.
+        """
+        wlock = self._wlock
+        if wlock is None:
+            return False
+        if wlock.acquire(False):
+            wlock.release()
+            return False
+        if self._data.poll(_LOCK_GRACE * 1000.0):
+            return False  # somebody is writing after all
+        try:
+            wlock.release()
+        except ValueError:  # released meanwhile
+            return False
+        return True
+
+
+def _frame_at(buffer: bytes, pos: int, limit: int | None) -> tuple[int, int] | None:
+    """Return where the payload of a frame starting at ``pos`` lies, or ``None`` if none starts there.
+
+    The payload may extend past the buffer. A frame must carry a pickle (``0x80``
+    and a protocol from 2 to 5 first) and be at most ``limit`` bytes long if given.
+    Bytes not read yet count as possible: a header cut short is not refused.
+    """
+    end = len(buffer)
+    if end - pos < 4:
+        return (pos + 4, pos + 4) if end - pos > 0 else None
+    (size,) = _SHORT.unpack_from(buffer, pos)
+    header = 4
+    if size == -1:
+        header = 12
+        if end - pos < header:
+            return (pos + header, pos + header)
+        (size,) = _LONG.unpack_from(buffer, pos + 4)
+    if size < 2:
+        return None
+    if limit is not None and size > limit:
+        return None
+    start = pos + header
+    if start < end and buffer[start] != _PROTO:
+        return None
+    if start + 1 < end and not 2 <= buffer[start + 1] <= 5:
+        return None
+    return start, start + size
+
+
+def _next_candidate(buffer: bytes, pos: int) -> int:
+    """Return the first position from ``pos`` where a frame could start (``len`` if none)."""
+    end = len(buffer)
+    found = buffer.find(_PROTO, pos + 4)
+    while found >= 0:
+        for header in (4, 12):
+            start = found - header
+            if start >= pos and _frame_at(buffer, start, _RESYNC_MAX) is not None:
+                return start
+        found = buffer.find(_PROTO, found + 1)
+    # A frame cut short at the end has no pickle byte yet: keep the last few bytes.
+    return max(pos, end - 3)
+
+
+@functools.cache
+def _framing_is_known() -> bool:
+    """Tell whether ``multiprocessing.connection`` on this Python frames items as the reader expects."""
+    read_fd, write_fd = os.pipe()
+    try:
+        writer = multiprocessing.connection.Connection(write_fd, readable=False)
+        payload = b"\x80\x04."
+        writer.send_bytes(payload)
+        writer.close()
+        write_fd = -1
+        data = os.read(read_fd, 64)
+    except Exception:
+        return False
+    finally:
+        _close_fds(read_fd, *([write_fd] if write_fd >= 0 else []))
+    return data == _SHORT.pack(len(payload)) + payload
 
 
 def _close_fds(*fds: int) -> None:

@@ -1,4 +1,4 @@
-"""The server's end of a multiprocessing queue: batches of validated requests."""
+"""The server's end of a multiprocessing queue: batches of requests, and what was not one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest
 
 from ._convert import to_request
-from ._pipe import PipeReader
+from ._pipe import Lost, PipeReader
 
 __all__ = ["MultiprocessingRequestQueue"]
 
@@ -31,17 +31,19 @@ _SIZE_DRAIN = 1024
 
 _TRANSPORT_ERRORS = (OSError, EOFError, ValueError, RemoteError)
 
-Item = TimerRequest | InvalidRequestError
-
 
 class MultiprocessingRequestQueue(RequestQueue):
     """Take requests from ``mp_queue``, a ``multiprocessing`` queue that clients put into.
 
     Works with ``multiprocessing.Queue`` from any start method and with a
-    ``multiprocessing.Manager().Queue()``. Items are MessagePack bytes from
-    :class:`LocalTimerClient` or pickled request objects from older clients; each
-    is validated, and one that is not a valid request comes back as an
-    :class:`timer_api.InvalidRequestError` in its place. A plain
+    ``multiprocessing.Manager().Queue()``. :meth:`get` returns only
+    :class:`timer_api.TimerRequest` objects, as torch's does: a request object put on
+    the queue comes back as it was put (the server checks its values), MessagePack
+    bytes from :class:`LocalTimerClient` are decoded, and a torch-style object
+    (``worker_id``, ``scope_id``, ``expiration_time``) becomes a request with those
+    fields. Every other item, and every stretch of the pipe lost to a writer that
+    died mid-item, is kept aside as an :class:`timer_api.InvalidRequestError` that
+    :meth:`take_rejected` hands to the server, which counts and reports it. A plain
     ``multiprocessing.Queue`` is read in bulk, many items per system call.
     """
 
@@ -53,10 +55,21 @@ class MultiprocessingRequestQueue(RequestQueue):
             )
         self._mp_queue = mp_queue
         self._pipe = PipeReader(mp_queue) if PipeReader.supports(mp_queue) else None
-        self._ready: deque[Item] = deque()
+        self._ready: deque[TimerRequest] = deque()
+        self._rejected: deque[InvalidRequestError] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._failing = False
+
+    @property
+    def reads_in_bulk(self) -> bool:
+        """Tell whether the queue's pipe is read directly (else through the queue's ``get``)."""
+        return self._pipe is not None
+
+    def take_rejected(self) -> list[InvalidRequestError]:
+        """Return, and forget, the items read so far that were not requests, in order."""
+        rejected = self._rejected
+        return [rejected.popleft() for _ in range(len(rejected))]
 
     def size(self) -> int:
         """Return how many requests have arrived and wait to be returned by :meth:`get`.
@@ -74,16 +87,17 @@ class MultiprocessingRequestQueue(RequestQueue):
                 self._lock.release()
         return len(self._ready)
 
-    def get(self, size: int, timeout: float) -> list[Item]:
+    def get(self, size: int, timeout: float) -> list[TimerRequest]:  # type: ignore[override]
         """Return at most ``size`` requests, waiting up to ``timeout`` seconds in all.
 
         Torch's contract: it returns as soon as ``size`` requests are in hand,
         otherwise with what arrived by ``timeout`` (possibly nothing). It also
-        returns at once when :meth:`interrupt` is called. Everything already in
-        the queue is taken without waiting; requests beyond ``size`` are kept, in
-        order, for the next call.
+        returns at once when :meth:`interrupt` is called, or when an item that is
+        not a request arrived (so that the server reports it without delay; see
+        :meth:`take_rejected`). Everything already in the queue is taken without
+        waiting; requests beyond ``size`` are kept, in order, for the next call.
         """
-        out: list[Item] = []
+        out: list[TimerRequest] = []
         if size <= 0:
             return out
         deadline = time.monotonic() + max(0.0, timeout)
@@ -94,7 +108,10 @@ class MultiprocessingRequestQueue(RequestQueue):
                     out.append(ready.popleft())
                 if len(out) >= size:
                     return out
-                if not self._receive(deadline - time.monotonic(), size - len(out)):
+                if (
+                    not self._receive(deadline - time.monotonic(), size - len(out))
+                    or self._rejected
+                ):
                     while ready and len(out) < size:
                         out.append(ready.popleft())
                     return out
@@ -138,23 +155,32 @@ class MultiprocessingRequestQueue(RequestQueue):
                 return False
             frames = self._pipe.read()
         keep_going = True
-        append = self._ready.append
         for frame in frames:
+            if isinstance(frame, Lost):
+                self._rejected.append(InvalidRequestError(RejectReason.MALFORMED, frame.detail))
+                continue
             try:
                 item = pickle.loads(frame)
             except Exception as exc:
-                append(_unpicklable(exc, frame))
+                self._rejected.append(_unpicklable(exc, frame))
                 continue
             if type(item) is bytes and item == WAKE_TOKEN:
                 keep_going = False
             else:
-                append(to_request(item))
+                self._keep(item)
         return keep_going
+
+    def _keep(self, item: object) -> None:
+        """File ``item`` as a request for :meth:`get`, or aside as a rejection."""
+        request = to_request(item)
+        if isinstance(request, InvalidRequestError):
+            self._rejected.append(request)
+        else:
+            self._ready.append(request)
 
     def _receive_items(self, timeout: float, want: int) -> bool:
         """Take up to ``want`` items through the queue's own ``get``, waiting only for the first."""
         get = self._mp_queue.get
-        append = self._ready.append
         block = timeout > 0
         for _ in range(want):
             try:
@@ -164,13 +190,13 @@ class MultiprocessingRequestQueue(RequestQueue):
             except _TRANSPORT_ERRORS:
                 raise
             except Exception as exc:  # consumed, but could not be unpickled here
-                append(_unpicklable(exc, b""))
+                self._rejected.append(_unpicklable(exc, b""))
                 block = False
                 continue
             block = False
             if type(item) is bytes and item == WAKE_TOKEN:
                 return False
-            append(to_request(item))
+            self._keep(item)
         return True
 
 

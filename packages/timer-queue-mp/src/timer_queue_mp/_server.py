@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from timer_api import TimerRequest
 from timer_watchdog import WatchdogPolicy, WatchdogServer
 
 from ._queue import MultiprocessingRequestQueue
@@ -21,6 +22,11 @@ class LocalTimerServer(WatchdogServer):
     else is :class:`timer_watchdog.WatchdogServer` (deadline-driven reaping, pid-reuse
     safety, ``policy``, events, :meth:`stats`). ``max_interval`` caps one wait of the
     loop; it does not delay reaping.
+
+    Queue items that are not requests, and items lost to a worker that died while
+    writing one, never reach :meth:`register_timers`: the queue keeps them aside and
+    the server counts and reports each as a rejected request (``stats().rejected``,
+    a ``Rejected`` event with its reason).
     """
 
     def __init__(
@@ -32,10 +38,18 @@ class LocalTimerServer(WatchdogServer):
         policy: WatchdogPolicy | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._mp_requests = MultiprocessingRequestQueue(mp_queue)
         super().__init__(
-            MultiprocessingRequestQueue(mp_queue),
+            self._mp_requests,
             max_interval,
             daemon,
             policy=policy,
             wall_clock=wall_clock,
         )
+
+    def _take_batch(self, timeout: float) -> list[TimerRequest]:
+        """Take the next batch, and report what the queue set aside as not requests."""
+        requests = super()._take_batch(timeout)
+        for error in self._mp_requests.take_rejected():
+            self._reject(error)
+        return requests
