@@ -538,7 +538,10 @@ class WatchdogServer(TimerServer):
                     if reap is None:
                         return True
                     self._reaps[worker_id] = reap
-            done = self._reaper.step(reap, now)
+            # A signal and its count are one step too: whoever sees the worker die
+            # sees the ``signalled`` counter (and event) that sent it.
+            with self._report_lock:
+                done = self._reaper.step(reap, now)
             if done:
                 with self._lock:
                     if self._reaps.get(worker_id) is reap:
