@@ -292,6 +292,48 @@ class TestOutput:
         assert Reaped not in kinds
 
 
+class TestForceSignal:
+    @pytest.mark.parametrize("force", [False, True])
+    def test_operator_signal_beats_the_requests_only_when_forced(self, tmp_path, force):
+        # The worker asks for SIGKILL itself; the operator wants SIGTERM so that it
+        # can checkpoint. Only --force-signal gives the operator the last word.
+        checkpoint = tmp_path / "checkpoint"
+        job = script(
+            tmp_path,
+            f"""
+            import os, signal, time
+            from timer_api import expires
+            from timer_file import configure_from_env
+
+            def on_term(signum, frame):
+                with open({str(checkpoint)!r}, "w") as file:
+                    file.write("saved")
+                os._exit(3)
+
+            signal.signal(signal.SIGTERM, on_term)
+            configure_from_env(signal=signal.SIGKILL)
+            with expires(after=0.3):
+                for _ in range(600):
+                    time.sleep(0.1)
+            """,
+        )
+        events = tmp_path / "events.jsonl"
+        force_args = ["--force-signal"] if force else []
+        result = watchdog(
+            "run", "--signal", "TERM", *force_args, "--events", str(events),
+            "--", sys.executable, job,
+        )  # fmt: skip
+        sent = [e.signal for e in events_of(events) if isinstance(e, Signalled)]
+        if force:
+            assert sent == [signal.SIGTERM], result.stderr
+            assert checkpoint.read_text() == "saved"
+            assert result.returncode == 3, result.stderr
+        else:
+            assert sent == [signal.SIGKILL], result.stderr
+            assert not checkpoint.exists()
+            assert result.returncode == 128 + signal.SIGKILL, result.stderr
+
+
 class TestSoftTimeout:
     def test_worker_cleans_up_and_finishes(self, tmp_path):
         job = script(

@@ -164,7 +164,13 @@ def _common_options(as_json: bool) -> _Parser:
         default=int(signal.SIGKILL),
         metavar="NAME",
         help="the first signal for an expired worker, by name or number (default SIGKILL); "
-        "e.g. --signal SIGTERM",
+        "a timer whose request names its own signal keeps it; e.g. --signal SIGTERM",
+    )
+    group.add_argument(
+        "--force-signal",
+        action="store_true",
+        help="apply --signal and --grace to every expired timer, even one whose request "
+        "names its own signal or asks only to be reported; e.g. --signal TERM --force-signal",
     )
     group.add_argument(
         "--observe-only",
@@ -297,6 +303,7 @@ class Options:
             self.policy = WatchdogPolicy(
                 signal=args.signal,
                 grace=args.grace,
+                force_signal=args.force_signal,
                 observe_only=args.observe_only,
                 stacks_dir=self.stacks_dir,
                 py_spy=args.py_spy,
