@@ -1,12 +1,20 @@
 """The timer table: timers by (worker, scope), in deadline order, on the monotonic clock.
 
-Each worker holds a dict of its armed timers by scope; every armed timer is also an
-entry ``(deadline, seq, request)`` in one binary heap. Re-arming or releasing leaves
-the old heap entry in place (lazy deletion: an entry is live only while its worker's
-dict still holds that very tuple); the heap is rebuilt when stale entries outnumber
-live ones by more than :data:`COMPACT_SLACK`. A change costs O(log n), taking the k
-expired timers O(k log n). Expired timers move to the worker's ``expired`` dict
-until the worker is reaped and cleared.
+The table keeps no request object. A timer is a *slot* in its worker's columns:
+``scopes`` (the scope string), ``deadlines`` and ``expirations`` (packed doubles) and
+``shapes`` (a tuple ``(signal, start_time, thread_id, has_deadline)`` shared by every
+timer of the worker that looks the same). Its *key* is one int,
+``quantum << 56 | worker number << 32 | slot`` where ``quantum`` is the deadline in
+whole microseconds: the worker's dict ``timers`` maps the scope to the key, and the
+same int object sits in one binary heap of keys, so ordering by key orders by
+deadline. Requests are rebuilt, equal to the ones armed, only when asked for.
+
+Re-arming or releasing leaves the old key in the heap (lazy deletion: a key is live
+only while its worker's ``timers`` holds that very object); the heap is rebuilt when
+stale keys outnumber live ones by more than :data:`COMPACT_SLACK`. A change costs
+O(log n), taking the k expired timers O(k log n), a query for the timers due by a
+deadline O(k) plus the stale keys met. Expired timers move to the worker's
+``expired`` dict (their slots kept) until released or the worker is dropped.
 
 Not thread-safe: the server serializes every call with its lock.
 """
@@ -14,32 +22,83 @@ Not thread-safe: the server serializes every call with its lock.
 from __future__ import annotations
 
 import heapq
+import math
+import sys
+from array import array
 from collections.abc import Iterator
+from itertools import compress, repeat
+from operator import lshift, mul, or_
+from typing import Any
 
 from timer_api import TimerRequest
 
 __all__ = ["COMPACT_SLACK", "Entry", "TimerTable", "Worker"]
 
-#: Stale heap entries tolerated beyond the number of live ones before a rebuild.
+#: Stale heap keys tolerated beyond the number of live ones before a rebuild.
 COMPACT_SLACK = 1024
 
-#: A heap entry: monotonic deadline, arming sequence number (breaks ties), request.
+#: A timer handed to the engine: monotonic deadline, its key (unique), the request.
 Entry = tuple[float, int, TimerRequest]
+
+#: What timers of one worker share: signal, start_time (or None), thread_id, has_deadline.
+Shape = tuple[Any, Any, Any, bool]
+
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_WORKER_BITS = 24
+_WORKER_MASK = (1 << _WORKER_BITS) - 1
+_QUANTUM_SHIFT = _SLOT_BITS + _WORKER_BITS
+#: Interned thread ids and shapes kept per worker before the cache starts over.
+_INTERN_LIMIT = 256
+
+
+def _quantum(deadline: float) -> int:
+    """Return ``deadline`` in whole microseconds (non-decreasing in ``deadline``)."""
+    try:
+        return int(deadline * 1e6)
+    except OverflowError:  # beyond ~1e302 s: the largest quantum a double holds
+        return int(math.copysign(sys.float_info.max, deadline))
 
 
 class Worker:
-    """One worker process: its pinned identity, armed timers and expired timers."""
+    """One worker process: its pinned identity and the columns of its timers."""
 
-    __slots__ = ("_threads", "expired", "pid", "start_time", "timers")
+    __slots__ = (
+        "_shapes",
+        "_threads",
+        "deadlines",
+        "expirations",
+        "expired",
+        "free",
+        "last_shape",
+        "number",
+        "pid",
+        "scopes",
+        "shapes",
+        "start_time",
+        "timers",
+    )
 
-    def __init__(self, pid: int, start_time: int) -> None:
+    def __init__(self, pid: int, start_time: int, number: int) -> None:
         self.pid = pid
         self.start_time = start_time
+        #: This worker's number in the table (part of each of its keys).
+        self.number = number
         self._threads: dict[int, int] = {}
-        #: Armed timers by scope; each value is also in the heap.
-        self.timers: dict[str, Entry] = {}
-        #: Timers past their deadline by scope, held until the worker is cleared.
-        self.expired: dict[str, Entry] = {}
+        self._shapes: dict[Shape, Shape] = {}
+        #: The shape of the timer armed last (most timers of a worker share it).
+        self.last_shape: Shape | None = None
+        #: Armed timers: scope -> key (the same int object is in the table's heap).
+        self.timers: dict[str, int] = {}
+        #: Timers past their deadline: scope -> key, held until released or dropped.
+        self.expired: dict[str, int] = {}
+        #: The columns, by slot; a free slot holds ``None`` in ``scopes`` and ``shapes``.
+        self.scopes: list[str | None] = []
+        self.deadlines = array("d")
+        self.expirations = array("d")
+        self.shapes: list[Shape | None] = []
+        #: Free slots, reused before the columns grow.
+        self.free: list[int] = []
 
     def __len__(self) -> int:
         return len(self.timers) + len(self.expired)
@@ -49,25 +108,99 @@ class Worker:
         threads = self._threads
         shared = threads.get(ident)
         if shared is None:
-            if len(threads) >= 256:
+            if len(threads) >= _INTERN_LIMIT:
                 threads.clear()
             shared = threads[ident] = ident
         return shared
+
+    def shape(self, signal: Any, start_time: Any, thread_id: Any, has_deadline: bool) -> Shape:
+        """Return the one shared tuple for these per-timer fields."""
+        shape = (signal, start_time, thread_id, has_deadline)
+        shared = self._shapes.get(shape)
+        if shared is None:
+            if len(self._shapes) >= _INTERN_LIMIT:
+                self._shapes.clear()
+                self.last_shape = None
+            shared = self._shapes[shape] = shape
+        return shared
+
+    def request(self, slot: int) -> TimerRequest:
+        """Rebuild the request of the timer in ``slot``, equal to the one armed."""
+        scope = self.scopes[slot]
+        shape = self.shapes[slot]
+        assert scope is not None
+        assert shape is not None
+        signal, start_time, thread_id, has_deadline = shape
+        return TimerRequest(
+            self.pid,
+            scope,
+            self.expirations[slot],
+            signal,
+            start_time,
+            self.deadlines[slot] if has_deadline else None,
+            thread_id,
+        )
+
+    def requests(self) -> list[TimerRequest]:
+        """Rebuild the request of every timer held, armed or expired, in slot order."""
+        scopes: Any = self.scopes
+        shapes: Any = self.shapes
+        expirations: Any = self.expirations
+        deadlines: Any = self.deadlines
+        if self.free:
+            used = [scope is not None for scope in scopes]
+            scopes = list(compress(scopes, used))
+            shapes = list(compress(shapes, used))
+            expirations = compress(expirations, used)
+            deadlines = compress(deadlines, used)
+        if not scopes:
+            return []
+        first = shapes[0]
+        if shapes.count(first) != len(shapes):
+            slots = [slot for slot, scope in enumerate(self.scopes) if scope is not None]
+            return [self.request(slot) for slot in slots]
+        signal, start_time, thread_id, has_deadline = first
+        return list(
+            map(
+                TimerRequest,
+                repeat(self.pid),
+                scopes,
+                expirations,
+                repeat(signal),
+                repeat(start_time),
+                deadlines if has_deadline else repeat(None),
+                repeat(thread_id),
+            )
+        )
+
+    def _free_slot(self, slot: int) -> None:
+        self.scopes[slot] = None
+        self.shapes[slot] = None
+        self.free.append(slot)
+        if len(self.free) == len(self.scopes):
+            self.scopes.clear()
+            self.shapes.clear()
+            del self.deadlines[:], self.expirations[:]
+            self.free.clear()
 
 
 class TimerTable:
     """Hold the workers and their timers; see the module docstring."""
 
-    __slots__ = ("_heap", "_holding", "_live", "_seq", "_workers")
+    __slots__ = ("_by_number", "_free_numbers", "_heap", "_holding", "_latest", "_live", "_workers")
 
     def __init__(self) -> None:
         self._workers: dict[int, Worker] = {}
-        self._heap: list[Entry] = []
-        self._seq = 0
-        #: Armed timers (each has exactly one live heap entry).
+        #: Workers by number (``None``: a free number).
+        self._by_number: list[Worker | None] = []
+        self._free_numbers: list[int] = []
+        self._heap: list[int] = []
+        #: Armed timers (each has exactly one live heap key).
         self._live = 0
         #: Pids of workers with expired timers.
         self._holding: set[int] = set()
+        #: No timer held has a deadline after this.
+        self._latest = -float("inf")
 
     @property
     def timers(self) -> int:
@@ -81,7 +214,7 @@ class TimerTable:
 
     @property
     def heap_size(self) -> int:
-        """Return the heap's length, stale entries included."""
+        """Return the heap's length, stale keys included."""
         return len(self._heap)
 
     def __len__(self) -> int:
@@ -98,7 +231,14 @@ class TimerTable:
 
     def add_worker(self, pid: int, start_time: int) -> Worker:
         """Start tracking worker ``(pid, start_time)``; it must not be known yet."""
-        worker = self._workers[pid] = Worker(pid, start_time)
+        if self._free_numbers:
+            number = self._free_numbers.pop()
+        else:
+            number = len(self._by_number)
+            if number > _WORKER_MASK:
+                raise OverflowError(f"more than {_WORKER_MASK + 1} workers at once")
+            self._by_number.append(None)
+        worker = self._workers[pid] = self._by_number[number] = Worker(pid, start_time, number)
         return worker
 
     def drop_worker(self, pid: int) -> Worker | None:
@@ -106,24 +246,126 @@ class TimerTable:
         worker = self._workers.pop(pid, None)
         if worker is None:
             return None
+        self._by_number[worker.number] = None
+        self._free_numbers.append(worker.number)
         self._live -= len(worker.timers)
         self._holding.discard(pid)
         self._maybe_compact()
         return worker
 
     def arm(self, worker: Worker, scope: str, deadline: float, request: TimerRequest) -> None:
-        """Arm or re-arm ``worker``'s timer ``scope`` to expire at ``deadline`` (monotonic)."""
-        self._seq += 1
-        entry = (deadline, self._seq, request)
+        """Arm or re-arm ``worker``'s timer ``scope`` to expire at ``deadline`` (monotonic).
+
+        Keeps what ``request`` says (its expiration time, signal, start time, thread,
+        whether it carried a deadline), not the request itself.
+        """
+        signal = request.signal
+        start_time = request.start_time
+        thread_id = request.thread_id
+        has_deadline = request.deadline is not None
+        shape = worker.last_shape
+        if (
+            shape is None
+            or shape[0] != signal
+            or shape[2] != thread_id
+            or shape[3] is not has_deadline
+            or (shape[1] is None) is not (start_time is None)
+            or type(signal) is not type(shape[0])
+        ):
+            shape = worker.last_shape = worker.shape(
+                signal,
+                None if start_time is None else worker.start_time,
+                None if thread_id is None else worker.thread_id(thread_id),
+                has_deadline,
+            )
         timers = worker.timers
-        if scope in timers:
-            timers[scope] = entry
-            heapq.heappush(self._heap, entry)
-            self._maybe_compact()
-        else:
+        old = timers.get(scope)
+        if old is None:
             self._live += 1
-            timers[scope] = entry
-            heapq.heappush(self._heap, entry)
+            if worker.free:
+                slot = worker.free.pop()
+                worker.scopes[slot] = scope
+                worker.shapes[slot] = shape
+                worker.deadlines[slot] = deadline
+                worker.expirations[slot] = request.expiration_time
+            else:
+                slot = len(worker.scopes)
+                worker.scopes.append(scope)
+                worker.shapes.append(shape)
+                worker.deadlines.append(deadline)
+                worker.expirations.append(request.expiration_time)
+        else:
+            slot = old & _SLOT_MASK
+            worker.shapes[slot] = shape
+            worker.deadlines[slot] = deadline
+            worker.expirations[slot] = request.expiration_time
+        if deadline > self._latest:
+            self._latest = deadline
+        try:
+            quantum = int(deadline * 1e6)
+        except OverflowError:
+            quantum = _quantum(deadline)
+        key = quantum << _QUANTUM_SHIFT | (worker.number << _SLOT_BITS | slot)
+        if key == old:
+            return
+        timers[scope] = key
+        heapq.heappush(self._heap, key)
+        if old is not None:
+            self._maybe_compact()
+
+    def arm_many(
+        self,
+        worker: Worker,
+        scopes: list[str],
+        deadlines: array[float],
+        expirations: array[float],
+        shape: Shape,
+    ) -> bool:
+        """Arm new timers ``scopes`` of ``worker`` at once, all of one ``shape``; see :meth:`arm`.
+
+        Changes nothing and returns ``False`` unless every scope is distinct and
+        ``worker`` holds none of them yet (armed or expired): the caller then arms
+        them one by one. ``deadlines`` (monotonic, finite) and ``expirations``
+        match ``scopes`` item by item; ``shape`` comes from :meth:`Worker.shape`.
+        """
+        n = len(scopes)
+        if not n:
+            return True
+        start = len(worker.scopes)
+        low = worker.number << _SLOT_BITS | start
+        try:
+            quanta = list(map(int, map(mul, deadlines, repeat(1e6))))
+        except OverflowError:  # a deadline beyond ~1e302 s: leave it to arm()
+            return False
+        keys = list(map(or_, map(lshift, quanta, repeat(_QUANTUM_SHIFT)), range(low, low + n)))
+        fresh = dict(zip(scopes, keys, strict=True))
+        timers = worker.timers
+        if (
+            len(fresh) != n
+            or not timers.keys().isdisjoint(fresh)
+            or not worker.expired.keys().isdisjoint(fresh)
+        ):
+            return False
+        if timers:
+            timers.update(fresh)
+        else:
+            worker.timers = fresh
+        worker.scopes.extend(scopes)
+        worker.shapes.extend(repeat(shape, n))
+        worker.deadlines.extend(deadlines)
+        worker.expirations.extend(expirations)
+        self._live += n
+        latest = max(deadlines)
+        if latest > self._latest:
+            self._latest = latest
+        heap = self._heap
+        if n >= len(heap) // 8:
+            heap.extend(keys)
+            heapq.heapify(heap)
+        else:
+            for key in keys:
+                heapq.heappush(heap, key)
+        return True
 
     def release(self, worker: Worker, scope: str) -> bool:
         """Release ``worker``'s timer ``scope``; return whether there was such a timer.
@@ -131,70 +373,126 @@ class TimerTable:
         The worker stays known (its identity was proved once, which costs /proc reads)
         until :meth:`drop_worker`, which the server calls once the process has exited.
         """
-        found = False
-        if worker.timers.pop(scope, None) is not None:
+        key = worker.timers.pop(scope, None)
+        if key is not None:
             self._live -= 1
-            found = True
-        elif worker.expired.pop(scope, None) is not None:
-            found = True
+        else:
+            key = worker.expired.pop(scope, None)
+            if key is None:
+                return False
             if not worker.expired:
                 self._holding.discard(worker.pid)
-        if found:
-            self._maybe_compact()
-        return found
+        worker._free_slot(key & _SLOT_MASK)
+        self._maybe_compact()
+        return True
 
-    def _is_live(self, entry: Entry) -> bool:
-        request = entry[2]
-        worker = self._workers.get(request.worker_id)
-        return worker is not None and worker.timers.get(request.scope_id) is entry
+    def drop_expired(self, worker: Worker) -> int:
+        """Drop ``worker``'s expired timers (its armed ones stay); return how many there were."""
+        dropped = len(worker.expired)
+        for key in worker.expired.values():
+            worker._free_slot(key & _SLOT_MASK)
+        worker.expired.clear()
+        self._holding.discard(worker.pid)
+        return dropped
+
+    def _owner(self, key: int) -> Worker | None:
+        """Return the worker whose armed timer ``key`` is, or ``None`` if the key is stale."""
+        worker = self._by_number[(key >> _SLOT_BITS) & _WORKER_MASK]
+        if worker is None:
+            return None
+        slot = key & _SLOT_MASK
+        if slot >= len(worker.scopes):
+            return None
+        scope = worker.scopes[slot]
+        if scope is None or worker.timers.get(scope) is not key:
+            return None
+        return worker
 
     def next_deadline(self) -> float | None:
-        """Return the earliest armed deadline, dropping stale entries from the top."""
+        """Return the earliest armed deadline (to the microsecond), dropping stale keys from the top."""
         heap = self._heap
         while heap:
-            if self._is_live(heap[0]):
-                return heap[0][0]
+            worker = self._owner(heap[0])
+            if worker is not None:
+                return worker.deadlines[heap[0] & _SLOT_MASK]
             heapq.heappop(heap)
         return None
+
+    def entries(self, worker: Worker) -> list[Entry]:
+        """Return ``worker``'s expired timers, or its armed ones if none has expired."""
+        keys = worker.expired.values() or worker.timers.values()
+        return [self._entry(worker, key) for key in keys]
+
+    @staticmethod
+    def _entry(worker: Worker, key: int) -> Entry:
+        slot = key & _SLOT_MASK
+        return (worker.deadlines[slot], key, worker.request(slot))
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Move every armed timer with deadline <= ``now`` to its worker's expired timers; return them."""
         heap = self._heap
+        bound = (_quantum(now) + 1) << _QUANTUM_SHIFT
         out: list[Entry] = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            request = entry[2]
-            worker = self._workers.get(request.worker_id)
-            if worker is None or worker.timers.get(request.scope_id) is not entry:
+        later: list[int] = []
+        while heap and heap[0] < bound:
+            key = heapq.heappop(heap)
+            worker = self._owner(key)
+            if worker is None:
                 continue
-            del worker.timers[request.scope_id]
+            slot = key & _SLOT_MASK
+            if worker.deadlines[slot] > now:  # same microsecond, not due yet
+                later.append(key)
+                continue
+            scope = worker.scopes[slot]
+            assert scope is not None
+            del worker.timers[scope]
             self._live -= 1
-            worker.expired[request.scope_id] = entry
+            previous = worker.expired.get(scope)
+            if previous is not None:  # re-armed after it expired, and expired again
+                worker._free_slot(previous & _SLOT_MASK)
+            worker.expired[scope] = key
             self._holding.add(worker.pid)
-            out.append(entry)
+            out.append(self._entry(worker, key))
+        for key in later:
+            heapq.heappush(heap, key)
         return out
 
     def expired_by(self, deadline: float) -> dict[int, list[TimerRequest]]:
         """Return every held timer with deadline <= ``deadline``, by pid; changes nothing.
 
-        Walks only the part of the heap at or below ``deadline``: O(k) plus the stale
-        entries met there.
+        When every timer is due, rebuilds each worker's requests in one pass over its
+        columns; otherwise walks only the part of the heap at or below ``deadline``:
+        O(k) plus the stale keys met there.
         """
         out: dict[int, list[TimerRequest]] = {}
+        if deadline != deadline:  # NaN: nothing is due by it
+            return out
+        if not self._live and not self._holding:
+            self._latest = -float("inf")
+            return out
+        if deadline >= self._latest:
+            for worker in self._workers.values():
+                if worker.timers or worker.expired:
+                    out[worker.pid] = worker.requests()
+            return out
         for pid in self._holding:
-            for entry in self._workers[pid].expired.values():
-                if entry[0] <= deadline:
-                    out.setdefault(pid, []).append(entry[2])
+            worker = self._workers[pid]
+            for key in worker.expired.values():
+                slot = key & _SLOT_MASK
+                if worker.deadlines[slot] <= deadline:
+                    out.setdefault(pid, []).append(worker.request(slot))
         heap = self._heap
         size = len(heap)
+        bound = (_quantum(deadline) + 1) << _QUANTUM_SHIFT
         stack = [0] if size else []
         while stack:
             index = stack.pop()
-            entry = heap[index]
-            if entry[0] > deadline:
+            key = heap[index]
+            if key >= bound:
                 continue
-            if self._is_live(entry):
-                out.setdefault(entry[2].worker_id, []).append(entry[2])
+            owner = self._owner(key)
+            if owner is not None and owner.deadlines[key & _SLOT_MASK] <= deadline:
+                out.setdefault(owner.pid, []).append(owner.request(key & _SLOT_MASK))
             for child in (2 * index + 1, 2 * index + 2):
                 if child < size:
                     stack.append(child)
@@ -203,5 +501,5 @@ class TimerTable:
     def _maybe_compact(self) -> None:
         heap = self._heap
         if len(heap) > 2 * self._live + COMPACT_SLACK:
-            self._heap = [entry for entry in heap if self._is_live(entry)]
+            self._heap = [key for key in heap if self._owner(key) is not None]
             heapq.heapify(self._heap)
