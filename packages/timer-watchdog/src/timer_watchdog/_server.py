@@ -28,12 +28,15 @@ from ._process import Procfs, is_protected
 from ._reaper import Reap, Reaper
 from ._table import Entry, TimerTable, Worker
 
-__all__ = ["SWEEP_INTERVAL", "WatchdogServer"]
+__all__ = ["BULK_MIN", "SWEEP_INTERVAL", "WatchdogServer"]
 
 logger = logging.getLogger("timer_watchdog")
 
 #: Seconds between two checks that the known workers are still alive.
 SWEEP_INTERVAL = 1.0
+
+#: Requests in one ``register_timers`` call from which arming them at once is tried.
+BULK_MIN = 64
 
 _INF = math.inf
 _DEAD_STATES = frozenset("ZXx")
@@ -163,6 +166,8 @@ class WatchdogServer(TimerServer):
         A request that cannot be accepted is rejected (counted, logged, reported as a
         ``rejected`` event) without disturbing the others.
         """
+        if len(timer_requests) >= BULK_MIN:
+            timer_requests = self._register_like_first(timer_requests)
         subscribed = bool(self._subscribers)
         events: list[Event] = []
         rejected: list[tuple[InvalidRequestError, Any]] = []
@@ -245,6 +250,42 @@ class WatchdogServer(TimerServer):
             self._refuse(refusal, refused)
         for event in events:
             self._emit(event)
+
+    def _register_like_first(self, timer_requests: list[TimerRequest]) -> list[TimerRequest]:
+        """Register the first request, then the rest at once if they are like it; return what is left.
+
+        A large batch of new timers from one worker (what a transport decodes, or a
+        direct call) is checked and armed in a few passes in C instead of request by
+        request; any batch the table cannot arm that way is left to the caller, whole.
+        """
+        head = timer_requests[0]
+        self.register_timers([head])
+        rest = timer_requests[1:]
+        with self._lock:
+            worker = self._table.get(getattr(head, "worker_id", None))  # type: ignore[arg-type]
+            if worker is None:
+                return rest
+            mono = time.monotonic()
+            wall = self._wall_clock()
+            armed = self._table.arm_like(worker, head, rest, mono - wall)
+            if armed is None:
+                return rest
+            self._counts["received"] += len(rest)
+            self._counts["armed"] += len(rest)
+        if self._subscribers:
+            pid, signum, thread_id = worker.pid, head.signal, head.thread_id
+            for scope, deadline in zip(*armed, strict=True):
+                self._emit(
+                    Armed(
+                        time=wall,
+                        pid=pid,
+                        scope_id=scope,
+                        expires_in=deadline - mono,
+                        signal=signum,
+                        thread_id=thread_id,
+                    )
+                )
+        return []
 
     def _admit(self, request: TimerRequest, known: Worker | None, events: list[Event]) -> Worker:
         """Prove who sent ``request`` and start tracking it; raise ``InvalidRequestError`` if not.
