@@ -166,7 +166,7 @@ class WatchdogServer(TimerServer):
         A request that cannot be accepted is rejected (counted, logged, reported as a
         ``rejected`` event) without disturbing the others.
         """
-        if len(timer_requests) >= BULK_MIN:
+        if len(timer_requests) >= BULK_MIN and TimerTable.may_arm_like(timer_requests):
             timer_requests = self._register_like_first(timer_requests)
         subscribed = bool(self._subscribers)
         events: list[Event] = []

@@ -377,6 +377,29 @@ class TimerTable:
                 heapq.heappush(heap, key)
         return True
 
+    @staticmethod
+    def may_arm_like(batch: list[TimerRequest]) -> bool:
+        """Tell, from a sample in O(1), whether :meth:`arm_like` could take ``batch[1:]``.
+
+        The middle and last requests must arm a timer of the first one's worker under
+        another scope; a batch that fails this (releases, re-arms, several workers)
+        costs nothing more.
+        """
+        head = batch[0]
+        try:
+            if head.expiration_time < 0:
+                return False
+            for other in (batch[len(batch) // 2], batch[-1]):
+                if (
+                    other.expiration_time < 0
+                    or other.worker_id != head.worker_id
+                    or other.scope_id == head.scope_id
+                ):
+                    return False
+        except Exception:  # not requests at all: the caller rejects them one by one
+            return False
+        return True
+
     def arm_like(
         self, worker: Worker, head: TimerRequest, rest: list[TimerRequest], offset: float
     ) -> tuple[list[str], array[float]] | None:
@@ -384,8 +407,8 @@ class TimerTable:
 
         Like means: a ``TimerRequest`` with the same pid, signal, start time and thread
         as ``head`` (which the server accepted: the table holds a timer equal to it), a
-        ``str`` scope that ``worker`` does not
-        hold yet and that no other request of ``rest`` names, a finite, non-negative
+        ``str`` scope that ``worker`` does not hold yet and that no other request of
+        ``rest`` names, a finite, non-negative
         ``int`` or ``float`` expiration time, and a finite deadline if and only if
         ``head`` has one (``offset`` converts expiration times to monotonic deadlines
         otherwise). Checks cost a few passes over the batch in C, no Python code per
@@ -400,10 +423,14 @@ class TimerTable:
         signal, start_time, thread_id = head.signal, head.start_time, head.thread_id
         if type(signal) is bool:
             return None
+        if set(map(type, rest)) != {TimerRequest}:
+            return None
+        numbers = list(map(_EXPIRATION, rest))
+        if not set(map(type, numbers)) <= _REAL or min(numbers) < 0:
+            return None
         try:
             if (
-                set(map(type, rest)) != {TimerRequest}
-                or set(map(_PID, rest)) != {head.worker_id}
+                set(map(_PID, rest)) != {head.worker_id}
                 or set(map(_SIGNAL, rest)) != {signal}
                 or set(map(_START_TIME, rest)) != {start_time}
                 or set(map(_THREAD_ID, rest)) != {thread_id}
@@ -413,11 +440,10 @@ class TimerTable:
         except TypeError:  # an unhashable field
             return None
         scopes = list(map(_SCOPE, rest))
-        numbers = list(map(_EXPIRATION, rest))
-        if set(map(type, scopes)) != {str} or not set(map(type, numbers)) <= _REAL:
+        if set(map(type, scopes)) != {str}:
             return None
         total = sum(numbers)
-        if not (-math.inf < total < math.inf and min(numbers) >= 0):
+        if not -math.inf < total < math.inf:
             return None
         expirations = array("d", numbers)
         numbers = list(map(_DEADLINE, rest))
