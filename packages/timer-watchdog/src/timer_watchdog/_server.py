@@ -401,7 +401,8 @@ class WatchdogServer(TimerServer):
                     worker = self._table.get(worker_id)
                     if worker is None:
                         return True
-                    entries = self._table.entries(worker)
+                    table = self._table
+                    entries = table.expired_entries(worker) or table.armed_entries(worker)
                     reap = self._reaps[worker_id] = self._new_reap(worker, entries, now)
             done = self._reaper.step(reap, now)
             if done:

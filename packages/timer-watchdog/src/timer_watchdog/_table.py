@@ -520,10 +520,13 @@ class TimerTable:
             heapq.heappop(heap)
         return None
 
-    def entries(self, worker: Worker) -> list[Entry]:
-        """Return ``worker``'s expired timers, or its armed ones if none has expired."""
-        keys = worker.expired.values() or worker.timers.values()
-        return [self._entry(worker, key) for key in keys]
+    def expired_entries(self, worker: Worker) -> list[Entry]:
+        """Return ``worker``'s expired timers."""
+        return [self._entry(worker, key) for key in worker.expired.values()]
+
+    def armed_entries(self, worker: Worker) -> list[Entry]:
+        """Return ``worker``'s armed timers."""
+        return [self._entry(worker, key) for key in worker.timers.values()]
 
     @staticmethod
     def _entry(worker: Worker, key: int) -> Entry:
