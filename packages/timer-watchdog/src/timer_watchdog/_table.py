@@ -26,6 +26,7 @@ import math
 import sys
 from array import array
 from collections.abc import Iterator
+from heapq import heappush as _heappush
 from itertools import compress, repeat
 from operator import add, attrgetter, lshift, mul, or_
 from typing import Any
@@ -57,6 +58,8 @@ _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _WORKER_BITS = 24
 _WORKER_MASK = (1 << _WORKER_BITS) - 1
 _QUANTUM_SHIFT = _SLOT_BITS + _WORKER_BITS
+#: Free slots from which a worker whose slots are all free gives its columns back.
+_SHRINK_FROM = 256
 #: Interned thread ids and shapes kept per worker before the cache starts over.
 _INTERN_LIMIT = 256
 
@@ -75,6 +78,7 @@ class Worker:
     __slots__ = (
         "_shapes",
         "_threads",
+        "base",
         "deadlines",
         "expirations",
         "expired",
@@ -91,8 +95,9 @@ class Worker:
     def __init__(self, pid: int, start_time: int, number: int) -> None:
         self.pid = pid
         self.start_time = start_time
-        #: This worker's number in the table (part of each of its keys).
+        #: This worker's number in the table, and its place in each of its keys.
         self.number = number
+        self.base = number << _SLOT_BITS
         self._threads: dict[int, int] = {}
         self._shapes: dict[Shape, Shape] = {}
         #: The shape of the timer armed last (most timers of a worker share it).
@@ -101,7 +106,7 @@ class Worker:
         self.timers: dict[str, int] = {}
         #: Timers past their deadline: scope -> key, held until released or dropped.
         self.expired: dict[str, int] = {}
-        #: The columns, by slot; a free slot holds ``None`` in ``scopes`` and ``shapes``.
+        #: The columns, by slot; a free slot holds ``None`` in ``scopes``.
         self.scopes: list[str | None] = []
         self.deadlines = array("d")
         self.expirations = array("d")
@@ -184,9 +189,9 @@ class Worker:
 
     def _free_slot(self, slot: int) -> None:
         self.scopes[slot] = None
-        self.shapes[slot] = None
-        self.free.append(slot)
-        if len(self.free) == len(self.scopes):
+        free = self.free
+        free.append(slot)
+        if len(free) >= _SHRINK_FROM and len(free) == len(self.scopes):
             self.scopes.clear()
             self.shapes.clear()
             del self.deadlines[:], self.expirations[:]
@@ -265,25 +270,23 @@ class TimerTable:
     def arm(self, worker: Worker, scope: str, deadline: float, request: TimerRequest) -> None:
         """Arm or re-arm ``worker``'s timer ``scope`` to expire at ``deadline`` (monotonic).
 
-        Keeps what ``request`` says (its expiration time, signal, start time, thread,
-        whether it carried a deadline), not the request itself.
+        Keeps the values ``request`` holds (its expiration time, signal, start time,
+        thread, whether it carried a deadline), not the request itself.
         """
+        shape = worker.last_shape
         signal = request.signal
-        start_time = request.start_time
         thread_id = request.thread_id
         has_deadline = request.deadline is not None
-        shape = worker.last_shape
         if (
             shape is None
+            or shape[3] is not has_deadline
             or shape[0] != signal
             or shape[2] != thread_id
-            or shape[3] is not has_deadline
-            or (shape[1] is None) is not (start_time is None)
-            or type(signal) is not type(shape[0])
+            or (shape[1] is None) is not (request.start_time is None)
         ):
             shape = worker.last_shape = worker.shape(
                 signal,
-                None if start_time is None else worker.start_time,
+                None if request.start_time is None else worker.start_time,
                 None if thread_id is None else worker.thread_id(thread_id),
                 has_deadline,
             )
@@ -291,8 +294,9 @@ class TimerTable:
         old = timers.get(scope)
         if old is None:
             self._live += 1
-            if worker.free:
-                slot = worker.free.pop()
+            free = worker.free
+            if free:
+                slot = free.pop()
                 worker.scopes[slot] = scope
                 worker.shapes[slot] = shape
                 worker.deadlines[slot] = deadline
@@ -308,19 +312,18 @@ class TimerTable:
             worker.shapes[slot] = shape
             worker.deadlines[slot] = deadline
             worker.expirations[slot] = request.expiration_time
+        try:
+            key = int(deadline * 1e6) << _QUANTUM_SHIFT | (worker.base | slot)
+        except OverflowError:
+            key = _quantum(deadline) << _QUANTUM_SHIFT | (worker.base | slot)
         if deadline > self._latest:
             self._latest = deadline
-        try:
-            quantum = int(deadline * 1e6)
-        except OverflowError:
-            quantum = _quantum(deadline)
-        key = quantum << _QUANTUM_SHIFT | (worker.number << _SLOT_BITS | slot)
         if key == old:
             return
         timers[scope] = key
-        heapq.heappush(self._heap, key)
-        if old is not None:
-            self._maybe_compact()
+        _heappush(self._heap, key)
+        if old is not None and len(self._heap) > 2 * self._live + COMPACT_SLACK:
+            self._compact()
 
     def arm_many(
         self,
@@ -341,7 +344,7 @@ class TimerTable:
         if not n:
             return True
         start = len(worker.scopes)
-        low = worker.number << _SLOT_BITS | start
+        low = worker.base | start
         try:
             quanta = list(map(int, map(mul, deadlines, repeat(1e6))))
         except OverflowError:  # a deadline beyond ~1e302 s: leave it to arm()
@@ -476,16 +479,17 @@ class TimerTable:
         until :meth:`drop_worker`, which the server calls once the process has exited.
         """
         key = worker.timers.pop(scope, None)
-        if key is not None:
-            self._live -= 1
-        else:
+        if key is None:
             key = worker.expired.pop(scope, None)
             if key is None:
                 return False
             if not worker.expired:
                 self._holding.discard(worker.pid)
+        else:
+            self._live -= 1
         worker._free_slot(key & _SLOT_MASK)
-        self._maybe_compact()
+        if len(self._heap) > 2 * self._live + COMPACT_SLACK:
+            self._compact()
         return True
 
     def drop_expired(self, worker: Worker) -> int:
@@ -604,7 +608,9 @@ class TimerTable:
         return out
 
     def _maybe_compact(self) -> None:
-        heap = self._heap
-        if len(heap) > 2 * self._live + COMPACT_SLACK:
-            self._heap = [key for key in heap if self._owner(key) is not None]
-            heapq.heapify(self._heap)
+        if len(self._heap) > 2 * self._live + COMPACT_SLACK:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [key for key in self._heap if self._owner(key) is not None]
+        heapq.heapify(self._heap)
