@@ -12,7 +12,9 @@ from timer_watchdog._table import COMPACT_SLACK, TimerTable
 
 
 def _arm(table: TimerTable, pid: int, scope: str, deadline: float) -> TimerRequest:
-    worker = table.get(pid) or table.add_worker(pid, 100)
+    worker = table.get(pid)
+    if worker is None:
+        worker = table.add_worker(pid, 100)
     request = TimerRequest(pid, scope, deadline)
     table.arm(worker, scope, deadline, request)
     return request
@@ -287,3 +289,28 @@ class TestArmMany:
         shape = worker.shape(None, None, None, True)
         assert not table.arm_many(worker, scopes, deadlines, expirations, shape)
         assert table.armed == 0
+
+
+class TestDue:
+    @pytest.mark.parametrize("limit", [5.0, float("inf")])
+    def test_the_answer_is_the_state_when_asked_not_when_built(self, limit):
+        table = TimerTable()
+        armed = [_arm(table, 7, scope, 1.0) for scope in "abc"]
+        build = table.due(limit)
+        worker = table.get(7)
+        assert worker is not None
+        table.release(worker, "a")
+        _arm(table, 7, "b", 2.0)
+        _arm(table, 7, "d", 1.0)
+        assert _sorted(build()) == {7: armed}
+
+    def test_a_slot_reused_at_deadline_zero_is_found_once(self):
+        table = TimerTable()
+        _arm(table, 7, "a", 0.0)
+        worker = table.get(7)
+        assert worker is not None
+        table.release(worker, "a")
+        _arm(table, 7, "b", 0.0)
+        _arm(table, 8, "later", 9.0)  # so the query walks the heap
+        assert table.expired_by(0.5) == {7: [TimerRequest(7, "b", 0.0)]}
+        assert [entry[2].scope_id for entry in table.pop_expired(0.5)] == ["b"]

@@ -387,7 +387,8 @@ class WatchdogServer(TimerServer):
         """Return the held timers whose deadline is before ``deadline`` (``time.time()`` seconds), by pid."""
         with self._lock:
             mono = time.monotonic() + (deadline - self._wall_clock())
-            return self._table.expired_by(mono)
+            build = self._table.due(mono)
+        return build()
 
     # -- reaping ------------------------------------------------------------------
 

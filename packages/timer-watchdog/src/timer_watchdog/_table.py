@@ -25,7 +25,7 @@ import heapq
 import math
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from heapq import heappush as _heappush
 from itertools import compress, repeat
 from operator import add, attrgetter, lshift, mul, or_
@@ -70,6 +70,59 @@ def _quantum(deadline: float) -> int:
         return int(deadline * 1e6)
     except OverflowError:  # beyond ~1e302 s: the largest quantum a double holds
         return int(math.copysign(sys.float_info.max, deadline))
+
+
+def _rebuild(
+    pid: int,
+    scopes: list[str | None],
+    shapes: list[Shape | None],
+    expirations: array[float],
+    deadlines: array[float],
+    holes: bool,
+) -> list[TimerRequest]:
+    """Return the requests of the used slots of these columns, in slot order."""
+    if holes:
+        used = [scope is not None for scope in scopes]
+        scopes = list(compress(scopes, used))
+        shapes = list(compress(shapes, used))
+        expirations = array("d", compress(expirations, used))
+        deadlines = array("d", compress(deadlines, used))
+    if not scopes:
+        return []
+    first = shapes[0]
+    assert first is not None
+    if shapes.count(first) != len(shapes):
+        out = []
+        for scope, shape, expiration, deadline in zip(
+            scopes, shapes, expirations, deadlines, strict=True
+        ):
+            assert shape is not None
+            signal, start_time, thread_id, has_deadline = shape
+            out.append(
+                TimerRequest(
+                    pid,
+                    scope,  # type: ignore[arg-type]
+                    expiration,
+                    signal,
+                    start_time,
+                    deadline if has_deadline else None,
+                    thread_id,
+                )
+            )
+        return out
+    signal, start_time, thread_id, has_deadline = first
+    return list(
+        map(
+            TimerRequest,
+            repeat(pid),
+            scopes,
+            expirations,
+            repeat(signal),
+            repeat(start_time),
+            deadlines if has_deadline else repeat(None),
+            repeat(thread_id),
+        )
+    )
 
 
 class Worker:
@@ -157,35 +210,17 @@ class Worker:
 
     def requests(self) -> list[TimerRequest]:
         """Rebuild the request of every timer held, armed or expired, in slot order."""
-        scopes: Any = self.scopes
-        shapes: Any = self.shapes
-        expirations: Any = self.expirations
-        deadlines: Any = self.deadlines
-        if self.free:
-            used = [scope is not None for scope in scopes]
-            scopes = list(compress(scopes, used))
-            shapes = list(compress(shapes, used))
-            expirations = compress(expirations, used)
-            deadlines = compress(deadlines, used)
-        if not scopes:
-            return []
-        first = shapes[0]
-        if shapes.count(first) != len(shapes):
-            slots = [slot for slot, scope in enumerate(self.scopes) if scope is not None]
-            return [self.request(slot) for slot in slots]
-        signal, start_time, thread_id, has_deadline = first
-        return list(
-            map(
-                TimerRequest,
-                repeat(self.pid),
-                scopes,
-                expirations,
-                repeat(signal),
-                repeat(start_time),
-                deadlines if has_deadline else repeat(None),
-                repeat(thread_id),
-            )
-        )
+        return self.columns()()
+
+    def columns(self) -> Callable[[], list[TimerRequest]]:
+        """Copy the columns (a few C copies); return what rebuilds their requests from the copy.
+
+        The rebuilding touches no state of the table, so it may run without the lock.
+        """
+        pid, holes = self.pid, bool(self.free)
+        scopes, shapes = list(self.scopes), list(self.shapes)
+        expirations, deadlines = array("d", self.expirations), array("d", self.deadlines)
+        return lambda: _rebuild(pid, scopes, shapes, expirations, deadlines, holes)
 
     def _free_slot(self, slot: int) -> None:
         self.scopes[slot] = None
@@ -205,8 +240,9 @@ class TimerTable:
 
     def __init__(self) -> None:
         self._workers: dict[int, Worker] = {}
-        #: Workers by number (``None``: a free number).
-        self._by_number: list[Worker | None] = []
+        #: Workers by number (``None``: a free number). Number 0 is never used, so no
+        #: key is a small int that CPython shares between equal values.
+        self._by_number: list[Worker | None] = [None]
         self._free_numbers: list[int] = []
         self._heap: list[int] = []
         #: Armed timers (each has exactly one live heap key).
@@ -250,7 +286,7 @@ class TimerTable:
         else:
             number = len(self._by_number)
             if number > _WORKER_MASK:
-                raise OverflowError(f"more than {_WORKER_MASK + 1} workers at once")
+                raise OverflowError(f"more than {_WORKER_MASK} workers at once")
             self._by_number.append(None)
         worker = self._workers[pid] = self._by_number[number] = Worker(pid, start_time, number)
         return worker
@@ -567,23 +603,30 @@ class TimerTable:
         return out
 
     def expired_by(self, deadline: float) -> dict[int, list[TimerRequest]]:
-        """Return every held timer with deadline <= ``deadline``, by pid; changes nothing.
+        """Return every held timer with deadline <= ``deadline``, by pid; changes nothing."""
+        return self.due(deadline)()
 
-        When every timer is due, rebuilds each worker's requests in one pass over its
-        columns; otherwise walks only the part of the heap at or below ``deadline``:
-        O(k) plus the stale keys met there.
+    def due(self, deadline: float) -> Callable[[], dict[int, list[TimerRequest]]]:
+        """Return what gives :meth:`expired_by`'s answer, to call after releasing the lock.
+
+        When every timer is due, each worker's columns are copied now (a few C copies)
+        and its requests rebuilt from the copy by the returned function; otherwise
+        only the part of the heap at or below ``deadline`` is walked, now: O(k) plus
+        the stale keys met there.
         """
         out: dict[int, list[TimerRequest]] = {}
         if deadline != deadline:  # NaN: nothing is due by it
-            return out
+            return lambda: out
         if not self._live and not self._holding:
             self._latest = -float("inf")
-            return out
+            return lambda: out
         if deadline >= self._latest:
-            for worker in self._workers.values():
-                if worker.timers or worker.expired:
-                    out[worker.pid] = worker.requests()
-            return out
+            copies = [
+                (worker.pid, worker.columns())
+                for worker in self._workers.values()
+                if worker.timers or worker.expired
+            ]
+            return lambda: {pid: build() for pid, build in copies}
         for pid in self._holding:
             worker = self._workers[pid]
             for key in worker.expired.values():
@@ -605,7 +648,7 @@ class TimerTable:
             for child in (2 * index + 1, 2 * index + 2):
                 if child < size:
                     stack.append(child)
-        return out
+        return lambda: out
 
     def _maybe_compact(self) -> None:
         if len(self._heap) > 2 * self._live + COMPACT_SLACK:
