@@ -8,7 +8,7 @@ from array import array
 import pytest
 
 from timer_api import TimerRequest
-from timer_watchdog._table import COMPACT_SLACK, TimerTable
+from timer_watchdog._table import COMPACT_SLACK, TimerTable, Worker
 
 
 def _arm(table: TimerTable, pid: int, scope: str, deadline: float) -> TimerRequest:
@@ -314,3 +314,34 @@ class TestDue:
         _arm(table, 8, "later", 9.0)  # so the query walks the heap
         assert table.expired_by(0.5) == {7: [TimerRequest(7, "b", 0.0)]}
         assert [entry[2].scope_id for entry in table.pop_expired(0.5)] == ["b"]
+
+
+class TestArmLike:
+    @staticmethod
+    def _head_and_rest(skew: float) -> tuple[TimerTable, Worker, TimerRequest, list[TimerRequest]]:
+        table = TimerTable()
+        worker = table.add_worker(7, 100)
+        head = TimerRequest(7, "head", 1000.0, 9, 100, 10.0, 77)
+        table.arm(worker, "head", 10.0, head)
+        rest = [TimerRequest(7, f"s{i}", 1000.0 + i, 9, 100, 10.0 + i, 77) for i in range(5)]
+        rest[3].deadline = 10.0 + 3 + skew
+        return table, worker, head, rest
+
+    @pytest.mark.parametrize(("skew", "tolerance", "armed"), [(0.5, 1.0, True), (5.0, 1.0, False)])
+    def test_deadlines_off_their_expiration_time_by_more_than_the_tolerance_are_refused(
+        self, skew, tolerance, armed
+    ):
+        table, worker, head, rest = self._head_and_rest(skew)
+        done = table.arm_like(worker, head, rest, offset=-990.0, tolerance=tolerance)
+        assert (done is not None) is armed
+        assert table.armed == (6 if armed else 1)
+        if armed:
+            assert _sorted(table.expired_by(float("inf"))) == {
+                7: sorted([head, *rest], key=lambda r: r.scope_id)
+            }
+
+    def test_a_request_unlike_the_armed_head_is_refused(self):
+        table, worker, head, rest = self._head_and_rest(0.0)
+        rest[2].thread_id = 78
+        assert table.arm_like(worker, head, rest, offset=-990.0) is None
+        assert table.armed == 1

@@ -28,7 +28,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from heapq import heappush as _heappush
 from itertools import compress, repeat
-from operator import add, attrgetter, lshift, mul, or_
+from operator import add, attrgetter, lshift, mul, or_, sub
 from typing import Any
 
 from timer_api import TimerRequest
@@ -440,7 +440,12 @@ class TimerTable:
         return True
 
     def arm_like(
-        self, worker: Worker, head: TimerRequest, rest: list[TimerRequest], offset: float
+        self,
+        worker: Worker,
+        head: TimerRequest,
+        rest: list[TimerRequest],
+        offset: float,
+        tolerance: float = math.inf,
     ) -> tuple[list[str], array[float]] | None:
         """Arm ``rest`` at once if each request is like ``head``, armed as it is; else ``None``.
 
@@ -450,7 +455,7 @@ class TimerTable:
         ``rest`` names, a finite, non-negative
         ``int`` or ``float`` expiration time, and a finite deadline if and only if
         ``head`` has one (``offset`` converts expiration times to monotonic deadlines
-        otherwise). Checks cost a few passes over the batch in C, no Python code per
+        otherwise), within ``tolerance`` seconds of the converted expiration time. Checks cost a few passes over the batch in C, no Python code per
         request. Returns the scopes armed and their deadlines; ``None`` changes nothing.
         """
         if type(head) is not TimerRequest or type(head.scope_id) is not str:
@@ -498,6 +503,10 @@ class TimerTable:
             total = sum(numbers)
         if not -math.inf < total < math.inf:
             return None
+        if head.deadline is not None and tolerance < math.inf:
+            converted = map(add, expirations, repeat(offset))
+            if max(map(abs, map(sub, deadlines, converted))) > tolerance:
+                return None
         shape = worker.shape(
             signal,
             None if start_time is None else worker.start_time,
