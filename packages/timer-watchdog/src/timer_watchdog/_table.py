@@ -449,7 +449,7 @@ class TimerTable:
     ) -> tuple[list[str], array[float]] | None:
         """Arm ``rest`` at once if each request is like ``head``, armed as it is; else ``None``.
 
-        Like means: a ``TimerRequest`` with the same pid, signal, start time and thread
+        Like means: a request with the same pid, signal, start time and thread
         as ``head`` (which the server accepted: the table holds a timer equal to it), a
         ``str`` scope that ``worker`` does not hold yet and that no other request of
         ``rest`` names, a finite, non-negative
@@ -467,12 +467,10 @@ class TimerTable:
         signal, start_time, thread_id = head.signal, head.start_time, head.thread_id
         if type(signal) is bool:
             return None
-        if set(map(type, rest)) != {TimerRequest}:
-            return None
-        numbers = list(map(_EXPIRATION, rest))
-        if not set(map(type, numbers)) <= _REAL or min(numbers) < 0:
-            return None
-        try:
+        try:  # AttributeError: not a request; TypeError: an unhashable field
+            numbers = list(map(_EXPIRATION, rest))
+            if not set(map(type, numbers)) <= _REAL or min(numbers) < 0:
+                return None
             if (
                 set(map(_PID, rest)) != {head.worker_id}
                 or set(map(_SIGNAL, rest)) != {signal}
@@ -481,16 +479,17 @@ class TimerTable:
                 or (signal in (0, 1) and set(map(type, map(_SIGNAL, rest))) != {type(signal)})
             ):
                 return None
-        except TypeError:  # an unhashable field
+            scopes = list(map(_SCOPE, rest))
+            deadline_values = list(map(_DEADLINE, rest))
+        except (AttributeError, TypeError):
             return None
-        scopes = list(map(_SCOPE, rest))
         if set(map(type, scopes)) != {str}:
             return None
         total = sum(numbers)
         if not -math.inf < total < math.inf:
             return None
         expirations = array("d", numbers)
-        numbers = list(map(_DEADLINE, rest))
+        numbers = deadline_values
         if head.deadline is None:
             if numbers.count(None) != n:
                 return None
