@@ -381,11 +381,11 @@ class TimerTable:
             return True
         start = len(worker.scopes)
         low = worker.base | start
-        try:
-            quanta = list(map(int, map(mul, deadlines, repeat(1e6))))
+        quanta = map(int, map(mul, deadlines, repeat(1e6)))
+        try:  # each quantum is freed as soon as its key is made
+            keys = list(map(or_, map(lshift, quanta, repeat(_QUANTUM_SHIFT)), range(low, low + n)))
         except OverflowError:  # a deadline beyond ~1e302 s: leave it to arm()
             return False
-        keys = list(map(or_, map(lshift, quanta, repeat(_QUANTUM_SHIFT)), range(low, low + n)))
         fresh = dict(zip(scopes, keys, strict=True))
         timers = worker.timers
         if (
