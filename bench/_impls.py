@@ -84,8 +84,11 @@ def mp_server(impl: str, mp_queue: Any, max_interval: float) -> Any:
     """Return a ``LocalTimerServer`` over ``mp_queue`` (not started)."""
     if impl == "ours":
         from timer_queue_mp import LocalTimerServer
+        from timer_watchdog import WatchdogPolicy
 
-        return LocalTimerServer(mp_queue, max_interval=max_interval)
+        # Workloads 5 and 6 arm 100,000 timers of one process: above the default cap.
+        policy = WatchdogPolicy(max_timers_per_worker=1_000_000)
+        return LocalTimerServer(mp_queue, max_interval=max_interval, policy=policy)
     from torch.distributed.elastic.timer import LocalTimerServer as TorchLocalTimerServer
 
     class CountingLocalTimerServer(TorchLocalTimerServer):  # type: ignore[misc]

@@ -8,8 +8,11 @@ import time
 from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest, TimerServer
 from timer_watchdog import (
     TERMINATING_SIGNALS,
+    ClockSkew,
     Event,
+    Expired,
     Frame,
+    LoopHealth,
     Reaped,
     Rejected,
     WatchdogPolicy,
@@ -41,6 +44,13 @@ def on_event(event: Event) -> None:
     elif isinstance(event, Rejected):
         reason: RejectReason = event.reason
         assert reason
+    elif isinstance(event, ClockSkew):
+        skew: float = event.skew
+        assert skew
+    elif isinstance(event, Expired):
+        asked: int | None = event.signal
+        action: int = event.action
+        assert action or asked is None
 
 
 def use() -> None:
@@ -63,3 +73,11 @@ def use() -> None:
     assert kills
     assert where is None
     assert server.policy.grace
+    forced = WatchdogPolicy(force_signal=True, max_timers_per_worker=100, descendants_of=1)
+    health: LoopHealth = WatchdogServer(EmptyQueue(), policy=forced).loop_health()
+    alive: tuple[bool, float, int] = (health.running, health.busy_for, health.loops)
+    loops: int = stats.loops + stats.clock_skew
+    assert alive
+    assert loops >= 0
+    new_reasons: tuple[RejectReason, ...] = (RejectReason.TOO_MANY_TIMERS, RejectReason.NOT_IN_JOB)
+    assert new_reasons

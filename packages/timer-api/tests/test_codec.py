@@ -32,6 +32,8 @@ SERVER_REASONS = {
     RejectReason.NO_SUCH_PROCESS,
     RejectReason.PID_REUSED,
     RejectReason.OTHER_USER,
+    RejectReason.TOO_MANY_TIMERS,
+    RejectReason.NOT_IN_JOB,
 }
 
 VALID = {"pid": 7, "scope_id": "train.py#12", "expiration_time": 1700000000.5}
@@ -112,7 +114,7 @@ def assert_sane(result: object) -> None:
     assert 0 < result.worker_id <= 2**31 - 1
     assert math.isfinite(result.expiration_time)
     assert result.deadline is None or math.isfinite(result.deadline)
-    assert 0 <= result.signal <= 64
+    assert result.signal is None or -(2**31) <= result.signal <= 64
     assert result.version == 1
 
 
@@ -176,7 +178,27 @@ class TestTorchLineFormat:
                     "expiration_time": -1,
                     "signal": 0,
                 },
-                TimerRequest(1234, "a.py#3", -1.0),
+                TimerRequest(1234, "a.py#3", -1.0, signal=0),
+            ),
+            (
+                {
+                    "version": 1,
+                    "pid": 1234,
+                    "scope_id": "a.py#3",
+                    "expiration_time": 1.7e9,
+                    "signal": -1,
+                },
+                TimerRequest(1234, "a.py#3", 1.7e9, signal=-1),  # torch: observe only
+            ),
+            (
+                {
+                    "version": 1,
+                    "pid": 1234,
+                    "scope_id": "a.py#3",
+                    "expiration_time": 1.7e9,
+                    "signal": None,
+                },
+                TimerRequest(1234, "a.py#3", 1.7e9),  # the server's choice
             ),
         ],
     )
@@ -239,7 +261,7 @@ JSON_REJECTIONS = [
     (as_json(pid=10**30), RejectReason.BAD_PID),
     # out of range
     (as_json(signal=65), RejectReason.OUT_OF_RANGE),
-    (as_json(signal=-1), RejectReason.OUT_OF_RANGE),
+    (as_json(signal=-(2**31) - 1), RejectReason.OUT_OF_RANGE),
     (as_json(start_time=-1), RejectReason.OUT_OF_RANGE),
     (as_json(thread_id=-1), RejectReason.OUT_OF_RANGE),
     (as_json(scope_id="s" * 2049), RejectReason.OUT_OF_RANGE),

@@ -61,7 +61,7 @@ class TestExtensions:
     @pytest.mark.parametrize(
         ("field", "default"),
         [
-            ("signal", 0),
+            ("signal", None),
             ("start_time", None),
             ("deadline", None),
             ("thread_id", None),
@@ -99,7 +99,7 @@ class TestRoundTrip:
             "pid": 3,
             "scope_id": "s",
             "expiration_time": 1.5,
-            "signal": 0,
+            "signal": None,
             "start_time": None,
             "deadline": None,
             "thread_id": None,

@@ -204,9 +204,9 @@ HOSTILE = {
     "pid_zero": (b'{"pid":0,"scope_id":"s","expiration_time":1}', RejectReason.BAD_PID),
     "pid_negative": (b'{"pid":-1,"scope_id":"s","expiration_time":1}', RejectReason.BAD_PID),
     "pid_one": (b'{"pid":1,"scope_id":"s","expiration_time":1}', RejectReason.PROTECTED_PID),
-    "own_pid": (
-        b'{"pid":%d,"scope_id":"s","expiration_time":1}' % os.getpid(),
-        RejectReason.PROTECTED_PID,
+    "signal_too_big": (
+        b'{"pid":5,"scope_id":"s","expiration_time":1,"signal":65}',
+        RejectReason.OUT_OF_RANGE,
     ),
 }
 

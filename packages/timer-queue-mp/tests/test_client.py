@@ -50,7 +50,7 @@ class TestRequests:
         assert request.scope_id == "step"
         assert request.start_time == process_start_time(os.getpid())
         assert request.thread_id == threading.get_ident()
-        assert request.signal == 0
+        assert request.signal is None  # the server's choice
         assert request.deadline is not None
         assert before + 25 < request.deadline < after + 35
         assert not request.is_release
@@ -147,7 +147,7 @@ class TestBadInput:
         LocalTimerClient(queue).acquire("x" * 2048, time.time() + 60)
         assert take(queue).scope_id == "x" * 2048
 
-    @pytest.mark.parametrize("signal", [-1, 65, 1.5, True, "15"])
+    @pytest.mark.parametrize("signal", [65, 1.5, True, "15"])
     def test_bad_signal_is_refused(self, fork: Any, signal: Any) -> None:
         with pytest.raises(ValueError, match="signal"):
             LocalTimerClient(fork.Queue(), signal=signal)

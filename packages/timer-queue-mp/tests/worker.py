@@ -19,7 +19,7 @@ queue = g["queue"]
 action = g["action"]
 args = g.get("args", {})
 report = g.get("report")
-client = LocalTimerClient(queue, signal=args.get("signal", 0))
+client = LocalTimerClient(queue, signal=args.get("signal"))
 configure(client)
 
 

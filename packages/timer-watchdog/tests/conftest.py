@@ -125,7 +125,7 @@ class Child:
         scope: str = "scope",
         after: float = 0.1,
         *,
-        signal: int = 0,
+        signal: int | None = None,
         deadline: bool = True,
         start_time: bool = True,
         thread_id: int | None = None,

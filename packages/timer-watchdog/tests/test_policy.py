@@ -22,6 +22,11 @@ class TestPolicy:
         )
         assert not policy.allow_other_users
         assert policy.stacks_dir is None
+        assert (policy.force_signal, policy.max_timers_per_worker, policy.descendants_of) == (
+            False,
+            10_000,
+            None,
+        )
 
     @pytest.mark.parametrize(
         ("field", "value"),
@@ -37,6 +42,10 @@ class TestPolicy:
             ("kill_timeout", 0.0),
             ("stack_wait", -0.5),
             ("stacks_dir", 5),
+            ("max_timers_per_worker", 0),
+            ("max_timers_per_worker", True),
+            ("descendants_of", 0),
+            ("descendants_of", "1"),
         ],
     )
     def test_out_of_range_field_is_refused(self, field, value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -13,11 +14,12 @@ import time
 
 import pytest
 
-from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest
+from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest, decode_json
 from timer_watchdog import (
     Armed,
     Exited,
     Expired,
+    LoopHealth,
     Reaped,
     Rejected,
     Released,
@@ -121,25 +123,33 @@ class TestEscalation:
         assert [e.signal for e in h.events.of(Signalled, child.pid)] == [signal.SIGTERM]
 
     @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGCONT])
-    def test_notify_only_signal_is_sent_once_and_timers_cleared(self, make_server, spawn, signum):
+    def test_notify_only_signal_clears_only_the_expired_timer(self, make_server, spawn, signum):
         h = make_server(policy=WatchdogPolicy(grace=0.2))
         child = spawn(
             """
-            got = threading.Event()
-            signal.signal(int(sys.argv[1]), lambda *_: got.set())
+            told = threading.Semaphore(0)
+            signal.signal(int(sys.argv[1]), lambda *_: told.release())
             print("ready", flush=True)
-            got.wait(30)
-            print("told", flush=True)
-            time.sleep(60)
+            while True:
+                told.acquire()
+                print("told", flush=True)
             """,
             str(int(signum)),
         )
         h.put(child.request("a", after=0.1, signal=signum), child.request("b", after=60))
         assert child.proc.stdout.readline().strip() == "told"
+        wait_until_stats(h, lambda s: s.timers == 1 and s.reaping == 0)
+        held = h.server.get_expired_timers(time.time() + 100)
+        assert [r.scope_id for r in held[child.pid]] == ["b"]  # still armed
+        h.put(child.request("b", after=0.1, signal=signum))  # re-armed: it expires too
+        assert child.proc.stdout.readline().strip() == "told"
         wait_until_stats(h, lambda s: s.timers == 0 and s.reaping == 0)
         assert child.alive()
         sent = h.events.of(Signalled, child.pid)
-        assert [(e.signal, e.detail) for e in sent] == [(signum, "notify")]
+        assert [(e.signal, e.detail, e.scope_id) for e in sent] == [
+            (signum, "notify", "a"),
+            (signum, "notify", "b"),
+        ]
         assert h.events.of(Reaped) == []
 
     def test_unkillable_worker_is_reported_with_its_state_and_retried(self, make_server, spawn):
@@ -153,10 +163,8 @@ class TestEscalation:
                     return "D"
                 return super().liveness(pid, start_time, pidfd)
 
-        h = make_server(start=False, policy=WatchdogPolicy(kill_timeout=0.1))
         stuck = StuckInD()
-        h.server._procfs = stuck
-        h.server.start()
+        h = make_server(policy=WatchdogPolicy(kill_timeout=0.1), procfs=stuck)
         child = spawn()
         h.put(child.request(after=0.1))
         unkillable = h.events.wait_for(Unkillable, child.pid, count=2)
@@ -260,7 +268,6 @@ def _bad_requests(dead_pid: int, live_pid: int, live_start: int) -> list[tuple[o
     now = time.time()
     return [
         (TimerRequest(1, "s", now), RejectReason.PROTECTED_PID),
-        (TimerRequest(os.getpid(), "s", now), RejectReason.PROTECTED_PID),
         (TimerRequest(os.getpgrp(), "s", now), RejectReason.PROTECTED_PID),
         (TimerRequest(0, "s", now), RejectReason.BAD_PID),
         (TimerRequest(-4, "s", now), RejectReason.BAD_PID),
@@ -279,7 +286,7 @@ def _bad_requests(dead_pid: int, live_pid: int, live_start: int) -> list[tuple[o
 
 
 class TestBadInput:
-    @pytest.mark.parametrize("index", range(16))
+    @pytest.mark.parametrize("index", range(15))
     def test_bad_request_is_rejected_and_the_batch_survives(self, make_server, spawn, index):
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
@@ -387,6 +394,75 @@ class TestRobustness:
         assert [e.scope_id for e in seen] == ["a"]
 
 
+class TestAdmissionLimits:
+    def test_timers_beyond_the_cap_are_rejected_and_none_evicted(self, make_server, spawn):
+        h = make_server(start=False, policy=WatchdogPolicy(max_timers_per_worker=3))
+        child = spawn()
+        h.server.register_timers([child.request(f"s{i}", after=60) for i in range(5)])
+        assert [e.reason for e in h.events.of(Rejected)] == [RejectReason.TOO_MANY_TIMERS] * 2
+        h.server.register_timers([child.request("s0", after=30)])  # a re-arm is not a new timer
+        held = h.server.get_expired_timers(time.time() + 100)[child.pid]
+        assert sorted(r.scope_id for r in held) == ["s0", "s1", "s2"]
+        stats = h.server.stats()
+        assert (stats.armed, stats.rejected, stats.timers) == (4, 2, 3)
+
+    def test_only_descendants_of_the_job_are_admitted(self, make_server, spawn):
+        outsider = spawn()
+        h = make_server(start=False, policy=WatchdogPolicy(descendants_of=outsider.pid))
+        mine = spawn()  # a child of this test process, not of `outsider`
+        h.server.register_timers([mine.request(after=60)])
+        rejected = h.events.of(Rejected)
+        assert [(e.reason, e.pid) for e in rejected] == [(RejectReason.NOT_IN_JOB, mine.pid)]
+        h.server.register_timers([outsider.request(after=60)])  # the root itself is in the job
+        assert h.server.stats().timers == 1
+
+    def test_a_grandchild_of_the_job_is_admitted(self, make_server):
+        job = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess; subprocess.run(['sleep', '60'])"]
+        )
+        grandchild = 0
+        try:
+            h = make_server(start=False, policy=WatchdogPolicy(descendants_of=job.pid))
+            grandchild = _wait_for_child_of(job.pid)
+            request = TimerRequest(grandchild, "s", time.time() + 60)
+            h.server.register_timers([request])
+            assert h.events.of(Rejected) == []
+            assert h.server.stats().timers == 1
+        finally:
+            if grandchild:
+                os.kill(grandchild, signal.SIGKILL)
+            job.kill()
+            job.wait(PATIENCE)
+
+
+def _wait_for_child_of(parent: int) -> int:
+    end = time.monotonic() + PATIENCE
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as file:
+                children = file.read().split()
+        except OSError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    pytest.fail(f"pid {parent} started no child in {PATIENCE}s")
+
+
+class TestLoopHealth:
+    def test_health_follows_the_loop(self, make_server, wait_until):
+        h = make_server(start=False, max_interval=0.05)
+        assert h.server.loop_health() == LoopHealth(running=False, busy_for=0.0, loops=0)
+        h.server.start()
+        wait_until(lambda: h.server.loop_health().loops >= 3)
+        health = h.server.loop_health()
+        assert health.running
+        assert health.busy_for >= 0.0
+        assert h.server.stats().loops >= health.loops
+        h.server.stop()
+        assert not h.server.loop_health().running
+
+
 class TestLifecycle:
     def test_stop_returns_while_a_long_wait_is_in_progress(self, make_server):
         h = make_server(max_interval=60.0)
@@ -490,3 +566,186 @@ def wait_until_stats(h, condition, timeout: float = PATIENCE) -> None:
         if time.monotonic() > end:
             pytest.fail(f"stats never matched: {h.server.stats()}")
         time.sleep(0.005)
+
+
+def _sentinel_reaped(h, spawn) -> None:
+    """Have another worker reaped: proof that the loop went on past earlier deadlines."""
+    sentinel = spawn()
+    h.put(sentinel.request(after=0.2))
+    h.events.wait_for(Reaped, sentinel.pid)
+
+
+class TestSignalPrecedence:
+    @pytest.mark.parametrize(
+        ("policy", "asked", "sent"),
+        [
+            ({}, None, signal.SIGKILL),
+            ({"signal": signal.SIGTERM}, None, signal.SIGTERM),
+            ({"signal": signal.SIGTERM}, signal.SIGKILL, signal.SIGKILL),
+            ({"signal": signal.SIGTERM}, signal.SIGINT, signal.SIGINT),
+            ({"signal": signal.SIGTERM, "force_signal": True}, signal.SIGKILL, signal.SIGTERM),
+            ({"signal": signal.SIGTERM, "force_signal": True}, 0, signal.SIGTERM),
+            ({"signal": signal.SIGTERM, "force_signal": True}, -1, signal.SIGTERM),
+        ],
+    )
+    def test_signal_sent(self, make_server, spawn, policy, asked, sent):
+        h = make_server(policy=WatchdogPolicy(**policy))
+        child = spawn()
+        h.put(child.request(after=0.1, signal=asked))
+        assert child.wait() == -sent
+        assert [e.signal for e in h.events.of(Signalled, child.pid)] == [sent]
+
+    @pytest.mark.parametrize(
+        ("policy", "asked"),
+        [
+            ({}, 0),
+            ({}, -1),
+            ({"signal": signal.SIGTERM}, 0),
+            ({"observe_only": True}, signal.SIGKILL),
+            ({"observe_only": True, "force_signal": True}, None),
+        ],
+    )
+    def test_observed_not_signalled(self, make_server, spawn, policy, asked):
+        h = make_server(policy=WatchdogPolicy(**policy))
+        child = spawn()
+        h.put(child.request("a", after=0.1, signal=asked), child.request("b", after=0.4))
+        if policy.get("observe_only"):
+            expired = h.events.wait_for(Expired, child.pid, count=2)
+        else:
+            # b is the server's choice: it kills the child, once a was only reported.
+            assert child.wait() == -policy.get("signal", signal.SIGKILL)
+            expired = h.events.wait_for(Expired, child.pid, count=2)
+            assert [e.scope_id for e in h.events.of(Signalled, child.pid)] == ["b"]
+        first = expired[0]
+        assert (first.scope_id, first.signal, first.action) == ("a", asked, 0)
+        if policy.get("observe_only"):
+            assert child.alive()
+            assert h.events.of(Signalled, child.pid) == []
+
+    @pytest.mark.parametrize("signum", [0, -1])
+    def test_torch_line_with_signal_zero_or_negative_observes(self, make_server, spawn, signum):
+        h = make_server()
+        child = spawn()
+        line = json.dumps(
+            {
+                "version": 1,
+                "pid": child.pid,
+                "scope_id": "torch",
+                "expiration_time": time.time() + 0.1,
+                "signal": signum,
+            }
+        )
+        h.put(decode_json(line))
+        expired = h.events.wait_for(Expired, child.pid)[0]
+        assert (expired.signal, expired.action) == (signum, 0)
+        _sentinel_reaped(h, spawn)
+        assert child.alive()
+        assert h.events.of(Signalled, child.pid) == []
+        wait_until_stats(h, lambda s: s.timers == 0 and s.workers == 1)
+
+    def test_sigterm_reaches_a_checkpointing_handler_then_sigkill_after_grace(
+        self, make_server, spawn, tmp_path
+    ):
+        h = make_server(policy=WatchdogPolicy(signal=signal.SIGTERM, grace=0.5))
+        checkpoint = tmp_path / "checkpoint"
+        child = spawn(
+            """
+            def on_term(*_):
+                with open(sys.argv[1], "w") as f:
+                    f.write("saved")
+                # and stays hung
+
+            signal.signal(signal.SIGTERM, on_term)
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.05)
+            """,
+            str(checkpoint),
+        )
+        h.put(child.request(after=0.1))  # the server's choice, as both clients send by default
+        assert child.wait() == -signal.SIGKILL
+        assert checkpoint.read_text() == "saved"
+        sent = [(e.signal, e.detail) for e in h.events.of(Signalled, child.pid)]
+        assert sent == [(signal.SIGTERM, "first"), (signal.SIGKILL, "escalation")]
+
+
+class TestObserveOnlyKeepsTimers:
+    def test_every_expiry_is_reported_and_the_rest_stay_armed(self, make_server, spawn):
+        h = make_server(policy=WatchdogPolicy(observe_only=True))
+        child = spawn()
+        h.put(
+            child.request("a", after=0.1),
+            child.request("b", after=0.5),
+            child.request("c", after=3600),
+        )
+        expired = h.events.wait_for(Expired, child.pid, count=2)
+        assert [e.scope_id for e in expired] == ["a", "b"]
+        wait_until_stats(h, lambda s: s.timers == 1 and s.reaping == 0)
+        held = h.server.get_expired_timers(time.time() + 7200)
+        assert [r.scope_id for r in held[child.pid]] == ["c"]
+        assert child.alive()
+        assert h.events.of(Signalled) == []
+
+
+class _Gate:
+    """A subscriber that holds the first event's delivery until told to let it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, event) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(PATIENCE)
+
+
+class TestStatsAgreeWithEvents:
+    def test_a_counted_rejection_has_been_delivered(self, make_server):
+        h = make_server(start=False)
+        gate = _Gate()
+        h.server.subscribe(gate)  # delivered after the harness's recorder, before this one
+        seen: list[tuple[int, int]] = []
+        recorder: list[object] = []
+        h.server.subscribe(recorder.append)
+        bad = InvalidRequestError(RejectReason.MALFORMED, "not json", b"{")
+        feeder = threading.Thread(target=h.server._reject, args=(bad,))
+        feeder.start()
+        assert gate.entered.wait(PATIENCE)
+
+        def read() -> None:
+            stats = h.server.stats()
+            seen.append((stats.rejected, len(recorder)))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(2.0)  # the old engine answered at once, mid-delivery
+        gate.release.set()
+        reader.join(PATIENCE)
+        feeder.join(PATIENCE)
+        assert seen == [(1, 1)]
+
+    def test_counters_never_run_ahead_of_events_under_load(self, make_server, spawn):
+        h = make_server()
+        child = spawn()
+        rejected: list[object] = []
+        h.server.subscribe(lambda e: rejected.append(e) if isinstance(e, Rejected) else None)
+        stop = threading.Event()
+        behind: list[tuple[int, int]] = []
+
+        def poll() -> None:
+            while not stop.is_set():
+                stats = h.server.stats()
+                if stats.rejected > len(rejected):
+                    behind.append((stats.rejected, len(rejected)))
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            for i in range(200):
+                h.put(TimerRequest(1, f"s{i}", time.time()), child.request(f"ok{i}", after=60))
+            wait_until_stats(h, lambda s: s.rejected == 200 and s.armed == 200)
+        finally:
+            stop.set()
+            poller.join(PATIENCE)
+        assert behind == []

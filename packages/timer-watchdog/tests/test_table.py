@@ -345,3 +345,26 @@ class TestArmLike:
         rest[2].thread_id = 78
         assert table.arm_like(worker, head, rest, offset=-990.0) is None
         assert table.armed == 1
+
+
+class TestSkew:
+    def test_a_timer_armed_by_another_deadline_is_rebuilt_with_its_own(self):
+        table = TimerTable()
+        worker = table.add_worker(7, 100)
+        request = TimerRequest(7, "ns", 1000.0, deadline=500.0)  # another time namespace
+        table.arm(worker, "ns", 2.0, request)
+        _arm(table, 8, "later", 9.0)
+        assert table.next_deadline() == 2.0
+        assert table.expired_by(2.5) == {7: [request]}
+        assert table.expired_by(float("inf"))[7] == [request]
+        [(deadline, _, popped)] = table.pop_expired(2.5)
+        assert (deadline, popped) == (2.0, request)
+
+    def test_rearmed_on_time_it_forgets_the_other_deadline(self):
+        table = TimerTable()
+        worker = table.add_worker(7, 100)
+        table.arm(worker, "ns", 2.0, TimerRequest(7, "ns", 1000.0, deadline=500.0))
+        again = TimerRequest(7, "ns", 1000.0, deadline=3.0)
+        table.arm(worker, "ns", 3.0, again)
+        assert table.expired_by(float("inf")) == {7: [again]}
+        assert worker.skewed == {}

@@ -36,6 +36,10 @@ class RejectReason(str, enum.Enum):
     PID_REUSED = "pid_reused"
     #: The process belongs to another user and the server refuses those.
     OTHER_USER = "other_user"
+    #: The worker already holds the most timers the server allows one worker.
+    TOO_MANY_TIMERS = "too_many_timers"
+    #: The process is not a descendant of the job the server watches.
+    NOT_IN_JOB = "not_in_job"
 
 
 class InvalidRequestError(ValueError):

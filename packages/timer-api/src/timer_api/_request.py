@@ -16,7 +16,8 @@ PID_T_MAX = 2**31 - 1
 
 Pid = Annotated[int, msgspec.Meta(gt=0, le=PID_T_MAX)]
 Seconds = Annotated[float, _FINITE]
-SignalNumber = Annotated[int, msgspec.Meta(ge=0, le=64)]
+#: A signal number (1 to 64), or 0 or less for "observe only" (torch's meaning).
+SignalNumber = Annotated[int, msgspec.Meta(ge=-PID_T_MAX - 1, le=64)]
 ScopeId = Annotated[str, msgspec.Meta(max_length=2048)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 WireVersion = Annotated[int, msgspec.Meta(ge=1, le=1)]
@@ -33,7 +34,9 @@ class TimerRequest(msgspec.Struct):
         worker_id: pid of the worker process (``"pid"`` on the wire).
         scope_id: name of the timer within the worker.
         expiration_time: deadline as ``time.time()`` seconds; negative releases the timer.
-        signal: signal to send on expiry; 0 leaves the choice to the server.
+        signal: signal to send on expiry; ``None`` (absent or ``null`` on the wire)
+            leaves the choice to the server; 0 or a negative number asks it to report
+            the expiry and send nothing (torch's meaning of those values).
         start_time: the worker's start time in clock ticks after boot
             (``/proc/<pid>/stat`` field 22); proves which process sent the request.
             ``None``: unknown, the server pins what it sees on first receipt.
@@ -46,7 +49,7 @@ class TimerRequest(msgspec.Struct):
     worker_id: Pid = msgspec.field(name="pid")
     scope_id: ScopeId
     expiration_time: Seconds
-    signal: SignalNumber = 0
+    signal: SignalNumber | None = None
     start_time: NonNegative | None = None
     deadline: Seconds | None = None
     thread_id: NonNegative | None = None

@@ -7,7 +7,6 @@ import errno
 import fcntl
 import os
 import select
-import signal as _signal
 import threading
 import time
 import weakref
@@ -68,8 +67,8 @@ class FileTimerClient(TimerClient):
     by a ``timer_file`` server); otherwise it opens and closes the pipe for each
     request, which torch's ``FileTimerServer`` needs in order to make progress.
 
-    ``signal`` is sent to this worker when a timer expires (0 lets the server
-    choose). When the pipe is full, a request waits up to ``send_timeout`` seconds
+    ``signal`` is sent to this worker when a timer expires: ``None`` (the default)
+    lets the server choose, 0 or less asks it to report the expiry and send nothing. When the pipe is full, a request waits up to ``send_timeout`` seconds
     for room, then raises :class:`PipeFullError`. With no server reading,
     :class:`ServerUnavailableError` (a ``BrokenPipeError``) is raised at once.
 
@@ -82,14 +81,16 @@ class FileTimerClient(TimerClient):
     def __init__(
         self,
         file_path: str,
-        signal: int = _signal.SIGKILL,
+        signal: int | None = None,
         *,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         keep_open: bool | None = None,
     ) -> None:
-        sig = int(signal)
-        if not 0 <= sig <= 64:
-            raise ValueError(f"signal must be 0..64, got {sig}")
+        if signal is not None and (not isinstance(signal, int) or isinstance(signal, bool)):
+            raise ValueError(f"signal must be an int or None, got {signal!r}")
+        sig = None if signal is None else int(signal)
+        if sig is not None and sig > 64:
+            raise ValueError(f"signal must be at most 64 (0 or less: observe only), got {sig}")
         if not send_timeout >= 0:
             raise ValueError(f"send_timeout must be >= 0, got {send_timeout}")
         self._file_path = os.fspath(file_path)
@@ -327,7 +328,7 @@ def _watch(client_ref: weakref.ReferenceType[FileTimerClient]) -> None:
 
 
 def configure_from_env(
-    signal: int = _signal.SIGKILL,
+    signal: int | None = None,
     *,
     required: bool = True,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,

@@ -18,7 +18,7 @@ class FileTimerRequest:
     __slots__ = ("expiration_time", "scope_id", "signal", "version", "worker_id")
 
     def __init__(
-        self, worker_pid: int, scope_id: str, expiration_time: float, signal: int = 0
+        self, worker_pid: int, scope_id: str, expiration_time: float, signal: int | None = 0
     ) -> None:
         self.worker_id = worker_pid
         self.scope_id = scope_id

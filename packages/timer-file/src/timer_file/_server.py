@@ -113,7 +113,7 @@ class FileTimerServer(WatchdogServer):
         """Translate the engine's events into torch's ``log_event`` calls."""
         if isinstance(event, Expired):
             request = FileTimerRequest(
-                event.pid, event.scope_id, event.expiration_time, event.signal
+                event.pid, event.scope_id, event.expiration_time, event.action
             )
             self._log("timer expired", request)
         elif isinstance(event, Signalled):

@@ -54,14 +54,18 @@ class LocalTimerClient(TimerClient):
     asynchronous, as in torch: the queue's feeder thread writes the bytes.
 
     ``signal`` (an extension) asks the server to send that signal on expiry
-    instead of its own choice; 0, the default, leaves the choice to the server.
+    instead of its own choice; ``None``, the default, leaves the choice to the
+    server; 0 or less asks it to report the expiry and send nothing.
     """
 
     __slots__ = ("_mp_queue", "_put", "_signal")
 
-    def __init__(self, mp_queue: Any, *, signal: int = 0) -> None:
-        if type(signal) is not int or not 0 <= signal <= _MAX_SIGNAL:
-            raise ValueError(f"signal must be an int from 0 to {_MAX_SIGNAL}, got {signal!r}")
+    def __init__(self, mp_queue: Any, *, signal: int | None = None) -> None:
+        if signal is not None and (
+            not isinstance(signal, int) or isinstance(signal, bool) or signal > _MAX_SIGNAL
+        ):
+            raise ValueError(f"signal must be None or an int up to {_MAX_SIGNAL}, got {signal!r}")
+        signal = None if signal is None else int(signal)
         self._mp_queue = mp_queue
         self._put = mp_queue.put
         self._signal = signal

@@ -16,10 +16,12 @@ the pid still names that worker::
 from .__about__ import __version__
 from ._events import (
     Armed,
+    ClockSkew,
     Event,
     Exited,
     Expired,
     Frame,
+    LoopHealth,
     Reaped,
     Rejected,
     Released,
@@ -36,10 +38,12 @@ from ._server import WatchdogServer
 __all__ = [
     "TERMINATING_SIGNALS",
     "Armed",
+    "ClockSkew",
     "Event",
     "Exited",
     "Expired",
     "Frame",
+    "LoopHealth",
     "Reaped",
     "Rejected",
     "Released",

@@ -13,10 +13,12 @@ from timer_api import RejectReason
 
 __all__ = [
     "Armed",
+    "ClockSkew",
     "Event",
     "Exited",
     "Expired",
     "Frame",
+    "LoopHealth",
     "Reaped",
     "Rejected",
     "Released",
@@ -48,12 +50,16 @@ class _Event(msgspec.Struct, frozen=True, tag_field="event"):
 
 
 class Armed(_Event, frozen=True, kw_only=True, tag="armed"):
-    """A timer was armed or re-armed; ``expires_in`` is seconds to its deadline on receipt."""
+    """A timer was armed or re-armed; ``expires_in`` is seconds to its deadline on receipt.
+
+    ``signal`` is the one the request asks for (``None``: the server's choice; 0 or
+    less: observe only).
+    """
 
     pid: int
     scope_id: str
     expires_in: float
-    signal: int = 0
+    signal: int | None = None
     thread_id: int | None = None
 
 
@@ -65,14 +71,20 @@ class Released(_Event, frozen=True, kw_only=True, tag="released"):
 
 
 class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
-    """A timer of a live worker reached its deadline; ``signal`` is the one it asked for (0: any)."""
+    """A timer of a live worker reached its deadline; ``signal`` is the one it asked for.
+
+    ``signal`` as in :class:`Armed`; ``action`` is what the server does about it: the
+    signal it sends (or already sends) the worker, or 0 when it only reports the
+    expiry (observe only: the request's, the policy's, or the server's own process).
+    """
 
     pid: int
     scope_id: str
     late: float
     expiration_time: float
-    signal: int = 0
+    signal: int | None = None
     thread_id: int | None = None
+    action: int = 0
 
 
 class Signalled(_Event, frozen=True, kw_only=True, tag="signalled"):
@@ -129,7 +141,20 @@ class Exited(_Event, frozen=True, kw_only=True, tag="exited"):
     detail: str = ""
 
 
-Event = Armed | Released | Expired | Signalled | Reaped | Unkillable | Rejected | Exited
+class ClockSkew(_Event, frozen=True, kw_only=True, tag="clock_skew"):
+    """A request's monotonic ``deadline`` disagreed with its ``expiration_time``; the latter was used.
+
+    ``skew`` is the request's monotonic deadline minus the one the server derived from
+    the wall-clock ``expiration_time`` (a worker in another time namespace, with an
+    offset monotonic clock, sends a large one).
+    """
+
+    pid: int
+    scope_id: str
+    skew: float
+
+
+Event = Armed | Released | Expired | Signalled | Reaped | Unkillable | Rejected | Exited | ClockSkew
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
@@ -159,6 +184,9 @@ class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
         reaped: workers confirmed dead after a signal.
         unkillable: times a worker was reported alive after its final signal.
         exited: workers found gone while holding timers.
+        clock_skew: requests whose monotonic deadline was replaced by the wall-clock one
+            (see the ``clock_skew`` events).
+        loops: engine loop rounds completed.
         timers: timers held now (armed, or expired and being reaped).
         workers: workers known now.
         reaping: workers being reaped now.
@@ -173,6 +201,23 @@ class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
     reaped: int = 0
     unkillable: int = 0
     exited: int = 0
+    clock_skew: int = 0
+    loops: int = 0
     timers: int = 0
     workers: int = 0
     reaping: int = 0
+
+
+class LoopHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """Say whether the engine's loop is alive and making progress.
+
+    Fields:
+        running: the loop thread is alive.
+        busy_for: seconds the current round has been processing; 0.0 while the loop
+            waits for requests.
+        loops: engine loop rounds completed.
+    """
+
+    running: bool
+    busy_for: float
+    loops: int

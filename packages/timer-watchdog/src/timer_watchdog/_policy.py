@@ -61,11 +61,12 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Say how the server treats a worker whose timer expired.
 
     Fields:
-        signal: the first signal, for timers whose request carries ``signal == 0``.
+        signal: the first signal, for timers whose request leaves the choice to the
+            server (``signal`` absent or ``None``), and for every timer with ``force_signal``.
         grace: seconds from the first signal to SIGKILL; 0 means no escalation.
         kill_timeout: seconds after the final signal before a still-live worker is
             reported ``unkillable`` (and the signal sent again).
-        observe_only: report expiries, signal nothing, clear the timers.
+        observe_only: report every expiry, signal nothing; a worker's other timers stay armed.
         allow_other_users: accept workers of other users (refused by default).
         exit_on_reap: SIGKILL the server's own process after a reap, as torch's
             FileTimerServer does.
@@ -74,6 +75,13 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
         stack_signal: the signal that asks for the dump.
         stack_wait: the longest wait for a dump (and for py-spy) before escalating.
         py_spy: also run ``py-spy dump`` on the worker, if py-spy is installed.
+        force_signal: apply ``signal`` and ``grace`` to every timer, whatever signal its
+            request asks for (observe-only requests included).
+        max_timers_per_worker: most armed timers one worker may hold; an arm of a new
+            scope beyond it is rejected (``too_many_timers``), existing timers are
+            never evicted.
+        descendants_of: admit only workers that descend from this pid (walking the
+            /proc parent chain on admission); others are rejected (``not_in_job``).
 
     Raises ``ValueError`` for a field out of range.
     """
@@ -88,6 +96,9 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
     stack_signal: int = DEFAULT_STACK_SIGNAL
     stack_wait: float = 1.0
     py_spy: bool = False
+    force_signal: bool = False
+    max_timers_per_worker: int = 10_000
+    descendants_of: int | None = None
 
     def __post_init__(self) -> None:
         _check_signal("signal", self.signal)
@@ -99,3 +110,9 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
         _check_seconds("stack_wait", self.stack_wait)
         if self.stacks_dir is not None and not isinstance(self.stacks_dir, str):
             raise ValueError(f"stacks_dir must be a str or None, got {self.stacks_dir!r}")
+        cap = self.max_timers_per_worker
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise ValueError(f"max_timers_per_worker must be an int >= 1, got {cap!r}")
+        root = self.descendants_of
+        if root is not None and (not isinstance(root, int) or isinstance(root, bool) or root < 1):
+            raise ValueError(f"descendants_of must be a pid >= 1 or None, got {root!r}")

@@ -1,14 +1,24 @@
-"""Read worker processes from /proc and signal them only once their identity is proven.
+"""Read worker processes from /proc and signal them only through a handle opened on admission.
 
-A worker is ``(pid, start_time)``. :class:`Target` opens a pidfd first, then checks
-that the process behind the pid still has the pinned start time, then sends through
-the pidfd, so a pid recycled in between can never receive the signal. Where the
-kernel has no pidfd, it re-reads the start time right before ``os.kill``.
+A worker is ``(pid, start_time)``. :class:`Target` opens a pidfd on the pid first,
+then reads the start time of the process behind it and checks that the pidfd's
+process is still alive, so the pidfd names exactly the process whose start time was
+read. The server opens one when it admits a worker and signals only through it, so
+a signal can only reach the process that was proven to be the requester, even if
+its pid is reused within one clock tick (where ``(pid, start_time)`` repeats).
+
+Liveness comes from the pidfd (it polls readable once the whole thread group has
+exited), so a worker whose main thread exited while other threads run is alive.
+Where the kernel has no pidfd (before Linux 5.3, some sandboxes, or when the
+server is out of file descriptors) the target falls back to ``/proc``: it re-reads
+the start time right before ``os.kill``, and counts a zombie leader with live
+threads as alive; a pid reused within one clock tick cannot be told apart then.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import signal
@@ -18,6 +28,7 @@ from timer_api import process_stat
 
 __all__ = [
     "ProcStatus",
+    "PidReused",
     "ProcessGone",
     "Procfs",
     "ProtectedProcess",
@@ -31,9 +42,17 @@ _DEAD_STATES = frozenset("ZXx")
 _pidfd_open = getattr(os, "pidfd_open", None)
 _pidfd_send_signal = getattr(signal, "pidfd_send_signal", None)
 
+logger = logging.getLogger("timer_watchdog")
+#: Why a pidfd could not be opened, once logged.
+_warned_no_pidfd: set[int] = set()
+
 
 class ProcessGone(Exception):  # noqa: N818 - a state, not an error
     """Raise when the worker no longer exists: it exited, or its pid now names another process."""
+
+
+class PidReused(ProcessGone):
+    """Raise when the pid names a live process whose start time is not the claimed one."""
 
 
 class ProtectedProcess(Exception):  # noqa: N818 - a refusal, not an error
@@ -57,10 +76,36 @@ def is_protected(pid: int) -> bool:
 
 
 def _readable(fd: int) -> bool:
-    """Tell whether a pidfd polls readable, which means its process has exited."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    """Tell whether a pidfd polls readable, which means its whole thread group has exited."""
+    return bool(select.select((fd,), (), (), 0)[0])
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """Open a pidfd on ``pid``; ``None`` where pidfds are unavailable; raise :class:`ProcessGone`."""
+    if _pidfd_open is None or _pidfd_send_signal is None:
+        _warn_no_pidfd(errno.ENOSYS)
+        return None
+    try:
+        fd: int = _pidfd_open(pid)
+    except ProcessLookupError:
+        raise ProcessGone(f"pid {pid} does not exist") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EMFILE, errno.ENFILE):
+            raise
+        _warn_no_pidfd(exc.errno)
+        return None
+    return fd
+
+
+def _warn_no_pidfd(code: int) -> None:
+    """Say once per cause that workers are identified by /proc alone."""
+    if code not in _warned_no_pidfd:
+        _warned_no_pidfd.add(code)
+        logger.warning(
+            "cannot open a pidfd (%s): identifying workers by /proc start time instead, "
+            "which cannot tell apart a pid reused within one clock tick",
+            os.strerror(code),
+        )
 
 
 class Procfs:
@@ -98,15 +143,51 @@ class Procfs:
     def liveness(self, pid: int, start_time: int, pidfd: int | None = None) -> str | None:
         """Return the /proc state letter of worker ``(pid, start_time)``, or ``None`` if it is dead.
 
-        Dead means: its pidfd polls readable, its pid is gone or names another
-        process, or it is a zombie.
+        With a pidfd, dead means the pidfd polls readable (every thread has exited);
+        the letter is then only informative (``Z`` for a main thread that exited
+        while other threads run). Without one, dead means its pid is gone or names
+        another process, or it is a zombie with no live thread left.
         """
-        if pidfd is not None and _readable(pidfd):
-            return None
+        if pidfd is not None:
+            if _readable(pidfd):
+                return None
+            stat = self.stat(pid)
+            return "?" if stat is None else stat[0]
         stat = self.stat(pid)
-        if stat is None or stat[1] != start_time or stat[0] in _DEAD_STATES:
+        if stat is None or stat[1] != start_time:
+            return None
+        if stat[0] in _DEAD_STATES and not (stat[0] == "Z" and self.threads(pid) > 1):
             return None
         return stat[0]
+
+    def threads(self, pid: int) -> int:
+        """Return how many threads of ``pid`` exist (an exited main thread included), 0 if gone."""
+        try:
+            return len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            return 0
+
+    def parent(self, pid: int) -> int | None:
+        """Return the parent pid of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if it is gone."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                data = file.read()
+        except OSError:
+            return None
+        fields = data[data.rfind(b")") + 2 :].split()
+        return int(fields[1]) if len(fields) > 1 else None
+
+    def descends_from(self, pid: int, root: int) -> bool:
+        """Tell whether ``pid`` is ``root`` or one of its descendants (walks the parent chain)."""
+        seen = 0
+        while pid > 1 and seen < 4096:
+            if pid == root:
+                return True
+            parent = self.parent(pid)
+            if parent is None:
+                return False
+            pid, seen = parent, seen + 1
+        return pid == root
 
     def same_user(self, status: ProcStatus) -> bool:
         """Tell whether a process belongs to the server's user, as the kernel judges ``kill()``.
@@ -123,42 +204,43 @@ class Procfs:
 
 
 class Target:
-    """A worker proven to be ``(pid, start_time)``, ready to be signalled; close it when done."""
+    """A worker proven to be ``(pid, start_time)``, ready to be signalled; close it when done.
+
+    Opening one is the proof: a pidfd is opened first, then the start time of the
+    process behind the pid is read (and compared with ``start_time`` if one is
+    claimed), then the pidfd is checked to be still alive, so it names the very
+    process whose start time was read.
+    """
 
     __slots__ = ("_procfs", "pid", "pidfd", "start_time")
 
-    def __init__(self, procfs: Procfs, pid: int, start_time: int) -> None:
-        """Open worker ``(pid, start_time)``; raise :class:`ProcessGone` or :class:`ProtectedProcess`."""
+    def __init__(self, procfs: Procfs, pid: int, start_time: int | None = None) -> None:
+        """Open worker ``pid``; raise :class:`ProcessGone`, :class:`PidReused` or :class:`ProtectedProcess`.
+
+        ``start_time``: the one the requester claims; ``None`` pins what /proc shows.
+        """
         if is_protected(pid):
             raise ProtectedProcess(f"pid {pid} is protected")
         self._procfs = procfs
         self.pid = pid
-        self.start_time = start_time
-        self.pidfd: int | None = None
-        if _pidfd_open is not None and _pidfd_send_signal is not None:
-            try:
-                self.pidfd = _pidfd_open(pid)
-            except ProcessLookupError:
-                raise ProcessGone(f"pid {pid} does not exist") from None
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
-                    raise
-                # No pidfd on this kernel (or in this sandbox): checked os.kill instead.
+        self.pidfd = _open_pidfd(pid)
         try:
-            self._verify()
+            stat = procfs.stat(pid)
+            if stat is None:
+                raise ProcessGone(f"pid {pid} exited")
+            if start_time is not None and stat[1] != start_time:
+                raise PidReused(f"pid {pid} now names another process")
+            self.start_time = stat[1]
+            if self.state() is None:
+                raise ProcessGone(f"pid {pid} exited (state {stat[0]})")
         except BaseException:
             self.close()
             raise
 
     def _verify(self) -> None:
         """Raise :class:`ProcessGone` unless the pid still names the live worker."""
-        stat = self._procfs.stat(self.pid)
-        if stat is None:
-            raise ProcessGone(f"pid {self.pid} exited")
-        if stat[1] != self.start_time:
-            raise ProcessGone(f"pid {self.pid} now names another process")
-        if stat[0] in _DEAD_STATES:
-            raise ProcessGone(f"pid {self.pid} exited (state {stat[0]})")
+        if self._procfs.liveness(self.pid, self.start_time) is None:
+            raise ProcessGone(f"pid {self.pid} exited or now names another process")
 
     def send(self, signum: int) -> None:
         """Send ``signum`` to the worker; raise :class:`ProcessGone` if it is gone."""
@@ -171,6 +253,12 @@ class Target:
                 os.kill(self.pid, signum)
         except ProcessLookupError:
             raise ProcessGone(f"pid {self.pid} exited") from None
+
+    def alive(self) -> bool:
+        """Tell whether the worker still runs (a pidfd poll; /proc only without a pidfd)."""
+        if self.pidfd is not None:
+            return not _readable(self.pidfd)
+        return self._procfs.liveness(self.pid, self.start_time) is not None
 
     def state(self) -> str | None:
         """Return the worker's /proc state letter, or ``None`` once it is dead."""

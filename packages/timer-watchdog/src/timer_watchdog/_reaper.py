@@ -5,16 +5,19 @@ says when to be called again:
 
 1. ``stack`` (only with ``stacks_dir`` or ``py_spy``): ask for a stack dump, wait up to
    ``stack_wait`` for it.
-2. ``first``: send the first signal (the timer's own, else the policy's). A signal not
-   meant to end the process (see :data:`~timer_watchdog.TERMINATING_SIGNALS`) is sent
-   once and the reap ends there: the worker was told, not killed.
+2. ``first``: send the first signal (chosen by the server, see ``WatchdogServer``). A
+   signal not meant to end the process (see :data:`~timer_watchdog.TERMINATING_SIGNALS`)
+   is sent once and the reap ends there (``notified``): the worker was told, not killed.
 3. ``grace`` (only when ``grace > 0`` and the first signal is not SIGKILL): wait for
    the worker to die; when the grace is over, send SIGKILL.
-4. ``confirm``: wait for death (pidfd readable, pid gone or zombie). After
+4. ``confirm``: wait for death (the pidfd readable: every thread has exited). After
    ``kill_timeout`` the worker is reported ``unkillable`` with its /proc state and
    the final signal is sent again; this repeats until it dies or is cleared.
 
 Without escalation (``grace == 0``) the first signal is also the final one.
+
+Every signal goes through the worker's :class:`Target`, opened when the server
+admitted the worker and owned (and closed) by the server, never by the reap.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from ._events import Event, Exited, Frame, Reaped, Signalled, Unkillable
 from ._forensics import PySpy, StackRequest
 from ._policy import WatchdogPolicy, is_terminating
-from ._process import ProcessGone, Procfs, ProtectedProcess, Target
+from ._process import ProcessGone, Target
 
 __all__ = ["Reap", "Reaper"]
 
@@ -58,6 +61,7 @@ class Reap:
         "due",
         "frame",
         "last_signal",
+        "notified",
         "phase",
         "pid",
         "poll",
@@ -76,6 +80,7 @@ class Reap:
         self,
         pid: int,
         start_time: int,
+        target: Target | None,
         *,
         scope_id: str,
         deadline: float,
@@ -100,49 +105,40 @@ class Reap:
         self.until = now
         self.poll = FIRST_POLL
         self.last_signal = 0
-        self.target: Target | None = None
+        #: The worker's handle, owned by the server; ``None``: nothing may be signalled.
+        self.target = target
+        #: Whether the reap ended by notifying the worker (a non-terminating signal).
+        self.notified = False
         self.stack: StackRequest | None = None
         self.stack_path: str | None = None
         self.frame: Frame | None = None
 
-    def close(self) -> None:
-        """Release the pidfd; calling it again does nothing."""
-        target, self.target = self.target, None
-        if target is not None:
-            target.close()
-
 
 class Reaper:
-    """Advance reaps according to a policy, reporting through ``emit`` and ``count``."""
+    """Advance reaps according to a policy, reporting through ``report``.
+
+    ``report(counter, event)`` adds one to the named counter (``None``: none) and
+    delivers ``event``, as one step that a reader of the counters cannot split.
+    """
 
     def __init__(
         self,
         policy: WatchdogPolicy,
-        procfs: Procfs,
         *,
-        emit: Callable[[Event], None],
-        count: Callable[[str], None],
+        report: Callable[[str | None, Event], None],
         wall_clock: Callable[[], float],
         py_spy: PySpy,
     ) -> None:
         self.policy = policy
-        self.procfs = procfs
-        self._emit = emit
-        self._count = count
+        self._report = report
         self._wall = wall_clock
         self._py_spy = py_spy
 
     def step(self, reap: Reap, now: float) -> bool:
         """Do what is due for ``reap``; return ``True`` when it is over (its timers can go)."""
         if reap.phase == _NEW:
-            if self.policy.observe_only:
-                return True
-            try:
-                reap.target = Target(self.procfs, reap.pid, reap.start_time)
-            except ProcessGone as gone:
-                return self._exited(reap, str(gone))
-            except ProtectedProcess as refused:
-                logger.error("not reaping worker %d: %s", reap.pid, refused)
+            if reap.target is None:
+                logger.error("not reaping worker %d: it may not be signalled", reap.pid)
                 return True
             reap.phase = _STACK if self.policy.stacks_dir or self.policy.py_spy else _FIRST
             if reap.phase == _STACK:
@@ -187,7 +183,6 @@ class Reaper:
                 if not self._send(reap, target, _signal.SIGKILL, "escalation", now):
                     return self._reaped(reap, now)
             else:
-                self._count("unkillable")
                 late = now - reap.deadline
                 detail = (
                     f"alive {self.policy.kill_timeout:g}s after {signal_name(reap.last_signal)}"
@@ -195,7 +190,8 @@ class Reaper:
                 reaping_logger.error(
                     "worker %d is unkillable: %s, state %s", reap.pid, detail, state
                 )
-                self._emit(
+                self._report(
+                    "unkillable",
                     Unkillable(
                         time=self._wall(),
                         pid=reap.pid,
@@ -204,7 +200,7 @@ class Reaper:
                         late=late,
                         state=state,
                         detail=detail,
-                    )
+                    ),
                 )
                 if not self._send(reap, target, reap.last_signal, "retry", now):
                     return self._reaped(reap, now)
@@ -221,6 +217,7 @@ class Reaper:
         if not self._send(reap, target, signum, "notify" if notify else "first", now):
             return self._exited(reap, "exited before it was signalled")
         if notify:
+            reap.notified = True
             return True
         grace = self.policy.grace
         if signum == _signal.SIGKILL or grace <= 0:
@@ -248,7 +245,6 @@ class Reaper:
             reap.last_signal = signum
             return True
         reap.last_signal = signum
-        self._count("signalled")
         late = now - reap.deadline
         reaping_logger.warning(
             "sent %s to worker %d (%s, timer %r, %.3fs late)",
@@ -258,7 +254,8 @@ class Reaper:
             reap.scope_id,
             late,
         )
-        self._emit(
+        self._report(
+            "signalled",
             Signalled(
                 time=self._wall(),
                 pid=reap.pid,
@@ -266,13 +263,13 @@ class Reaper:
                 signal=signum,
                 late=late,
                 detail=why,
-            )
+            ),
         )
         return True
 
     def _reaped(self, reap: Reap, now: float, detail: str = "") -> bool:
-        self._count("reaped")
-        self._emit(
+        self._report(
+            "reaped",
             Reaped(
                 time=self._wall(),
                 pid=reap.pid,
@@ -282,11 +279,12 @@ class Reaper:
                 detail=detail or f"died after {signal_name(reap.last_signal)}",
                 stack_path=reap.stack_path,
                 frame=reap.frame,
-            )
+            ),
         )
         return True
 
     def _exited(self, reap: Reap, detail: str) -> bool:
-        self._count("exited")
-        self._emit(Exited(time=self._wall(), pid=reap.pid, timers=reap.timers, detail=detail))
+        self._report(
+            "exited", Exited(time=self._wall(), pid=reap.pid, timers=reap.timers, detail=detail)
+        )
         return True

@@ -11,35 +11,45 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest, TimerServer
+from timer_api import (
+    InvalidRequestError,
+    RejectReason,
+    RequestQueue,
+    TimerRequest,
+    TimerServer,
+    process_stat,
+)
 
 from ._events import (
     Armed,
+    ClockSkew,
     Event,
     Exited,
     Expired,
+    LoopHealth,
     Rejected,
     Released,
     WatchdogStats,
 )
 from ._forensics import PySpy
 from ._policy import WatchdogPolicy
-from ._process import Procfs, is_protected
+from ._process import PidReused, ProcessGone, Procfs, Target, is_protected
 from ._reaper import Reap, Reaper
 from ._table import Entry, TimerTable, Worker
 
-__all__ = ["BULK_MIN", "SWEEP_INTERVAL", "WatchdogServer"]
+__all__ = ["BULK_MIN", "CLOCK_TOLERANCE", "SWEEP_INTERVAL", "WatchdogServer"]
 
 logger = logging.getLogger("timer_watchdog")
 
 #: Seconds between two checks that the known workers are still alive.
 SWEEP_INTERVAL = 1.0
-
+#: Largest disagreement, in seconds, between a request's monotonic ``deadline`` and
+#: the one its wall-clock ``expiration_time`` gives, before the latter is used.
+CLOCK_TOLERANCE = 1.0
 #: Requests in one ``register_timers`` call from which arming them at once is tried.
 BULK_MIN = 64
 
 _INF = math.inf
-_DEAD_STATES = frozenset("ZXx")
 _COUNTERS = (
     "received",
     "armed",
@@ -50,24 +60,46 @@ _COUNTERS = (
     "reaped",
     "unkillable",
     "exited",
+    "clock_skew",
+    "loops",
 )
+
+
+def _check_scope_and_signal(scope: object, signum: object) -> None:
+    """Raise the ``InvalidRequestError`` that a bad ``scope_id`` or ``signal`` deserves."""
+    if type(scope) is not str or not isinstance(signum, int) or isinstance(signum, bool):
+        raise InvalidRequestError(
+            RejectReason.WRONG_TYPE,
+            f"scope_id {type(scope).__name__}, signal {type(signum).__name__}",
+        )
+    if signum > 64:
+        raise InvalidRequestError(RejectReason.OUT_OF_RANGE, f"signal {signum} above 64")
 
 
 class WatchdogServer(TimerServer):
     """Arm timers from ``request_queue`` and reap every worker whose timer expires.
 
-    Deadlines live on ``time.monotonic()``: a request's ``deadline`` is used as is,
-    otherwise its wall-clock ``expiration_time`` is converted once, on receipt, with
-    ``wall_clock``. The loop sleeps until the next deadline, escalation step or
-    request; ``max_interval`` only caps one wait. A worker is ``(pid, start_time)``;
-    requests naming a process that is not the requester, or that the server must not
-    touch, are rejected with a reason (see ``timer_api.RejectReason``). ``policy``
-    says how a hung worker is signalled (see :class:`WatchdogPolicy`).
+    Deadlines live on ``time.monotonic()``: a request's ``deadline`` is used as is
+    unless it disagrees by more than :data:`CLOCK_TOLERANCE` with its wall-clock
+    ``expiration_time`` converted on receipt with ``wall_clock`` (a worker in another
+    time namespace); then the conversion is used and a ``clock_skew`` event says so.
+    The loop sleeps until the next deadline, escalation step or request;
+    ``max_interval`` only caps one wait.
 
-    Every public method may be called from any thread while the loop runs.
-    Callbacks given to :meth:`subscribe` run in the thread that caused the event
-    (the loop, or the caller of :meth:`register_timers`), never under the server's
-    lock; one that raises is logged and ignored.
+    A worker is admitted once: the server opens a pidfd on it, proves it is the
+    process the request names (and that the server may touch it) or rejects the
+    request with a reason (see ``timer_api.RejectReason``), and from then on signals
+    it only through that pidfd. The server's own process is admitted but never
+    signalled. ``policy`` says how a hung worker is signalled (see
+    :class:`WatchdogPolicy`); ``procfs`` is the process reader (tests pass one that
+    simulates states that cannot be produced on demand).
+
+    Every public method may be called from any thread while the loop runs. The
+    counters of :meth:`stats` and the events agree at every instant: a counter is
+    updated and its event delivered as one step. Callbacks given to
+    :meth:`subscribe` run in the thread that caused the event (the loop, or the
+    caller of :meth:`register_timers`) one at a time, never under the lock that
+    guards the timers; one that raises is logged and ignored.
     """
 
     def __init__(
@@ -78,6 +110,7 @@ class WatchdogServer(TimerServer):
         *,
         policy: WatchdogPolicy | None = None,
         wall_clock: Callable[[], float] = time.time,
+        procfs: Procfs | None = None,
     ) -> None:
         if (
             isinstance(max_interval, bool)
@@ -88,38 +121,35 @@ class WatchdogServer(TimerServer):
         super().__init__(request_queue, max_interval, daemon)
         policy = policy if policy is not None else WatchdogPolicy()
         self._wall_clock = wall_clock
+        self._procfs = procfs if procfs is not None else Procfs()
+        # Lock order: _reap_lock, then _report_lock, then _lock.
+        #: Guards the table, the reaps, the handles and the counters.
         self._lock = threading.Lock()
+        #: Held while a reap step or a liveness check uses a handle; handles close under it.
         self._reap_lock = threading.RLock()
+        #: Makes a counter update and the delivery of its events one step.
+        self._report_lock = threading.RLock()
         self._table = TimerTable()
         self._reaps: dict[int, Reap] = {}
+        #: The pidfd handle of every admitted worker but the server's own process.
+        self._handles: dict[int, Target] = {}
+        #: Handles of forgotten workers, closed as soon as no reap step can use them.
+        self._closing: list[Target] = []
         self._subscribers: tuple[Callable[[Event], None], ...] = ()
         self._counts = dict.fromkeys(_COUNTERS, 0)
         #: Rejection reasons already logged at warning level.
         self._warned: set[RejectReason] = set()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        #: The thread running the loop (``None``: not running) and when its round began.
+        self._loop_thread: threading.Thread | None = None
+        self._busy_since = 0.0
         self._policy = policy
-        self._reaper = Reaper(
-            policy,
-            Procfs(),
-            emit=self._emit,
-            count=self._count,
-            wall_clock=wall_clock,
-            py_spy=PySpy(),
-        )
+        self._reaper = Reaper(policy, report=self._report, wall_clock=wall_clock, py_spy=PySpy())
 
     @property
     def policy(self) -> WatchdogPolicy:
         """The policy this server reaps by (fixed for the server's life)."""
         return self._policy
-
-    @property
-    def _procfs(self) -> Procfs:
-        """The process reader (replaceable, for tests that simulate process states)."""
-        return self._reaper.procfs
-
-    @_procfs.setter
-    def _procfs(self, procfs: Procfs) -> None:
-        self._reaper.procfs = procfs
 
     # -- events and counters ------------------------------------------------------
 
@@ -137,26 +167,49 @@ class WatchdogServer(TimerServer):
 
         return unsubscribe
 
-    def _emit(self, event: Event) -> None:
-        for callback in self._subscribers:
-            try:
-                callback(event)
-            except Exception:
-                logger.exception("event callback %r raised; ignored", callback)
+    def _deliver(self, events: Iterable[Event]) -> None:
+        for event in events:
+            for callback in self._subscribers:
+                try:
+                    callback(event)
+                except Exception:
+                    logger.exception("event callback %r raised; ignored", callback)
 
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
+    def _report(self, counter: str | None, event: Event) -> None:
+        """Add one to ``counter`` (``None``: none) and deliver ``event``, as one step."""
+        with self._report_lock:
+            if counter is not None:
+                with self._lock:
+                    self._counts[counter] += 1
+            self._deliver((event,))
+
+    def _report_all(self, counts: dict[str, int], events: list[Event]) -> None:
+        """Add ``counts`` to the counters and deliver ``events``, as one step."""
+        with self._report_lock:
+            with self._lock:
+                for name, n in counts.items():
+                    self._counts[name] += n
+            self._deliver(events)
 
     def stats(self) -> WatchdogStats:
         """Return the cumulative counters and what the server holds now."""
-        with self._lock:
+        with self._report_lock, self._lock:
             return WatchdogStats(
                 **self._counts,
                 timers=self._table.timers,
                 workers=len(self._table),
                 reaping=len(self._reaps),
             )
+
+    def loop_health(self) -> LoopHealth:
+        """Return whether the loop runs, how long its current round has been busy, how many ran."""
+        thread = self._loop_thread
+        since = self._busy_since
+        return LoopHealth(
+            running=thread is not None and thread.is_alive(),
+            busy_for=max(0.0, time.monotonic() - since) if since else 0.0,
+            loops=self._counts["loops"],
+        )
 
     # -- requests -----------------------------------------------------------------
 
@@ -171,180 +224,248 @@ class WatchdogServer(TimerServer):
         subscribed = bool(self._subscribers)
         events: list[Event] = []
         rejected: list[tuple[InvalidRequestError, Any]] = []
-        with self._lock:
-            table = self._table
-            get_worker = table.get
-            arm = table.arm
-            mono = time.monotonic()
-            offset = mono - self._wall_clock()
-            n_armed = n_released = 0
-            for request in timer_requests:
-                try:
-                    pid = request.worker_id
-                    scope = request.scope_id
-                    expiration = request.expiration_time
-                    start_time = request.start_time
-                    worker = get_worker(pid)
-                    if expiration < 0:
-                        if (
-                            worker is not None
-                            and (start_time is None or start_time == worker.start_time)
-                            and table.release(worker, scope)
-                        ):
-                            n_released += 1
-                            if subscribed:
-                                events.append(Released(time=mono - offset, pid=pid, scope_id=scope))
-                        continue
-                    deadline = request.deadline
-                    if deadline is None:
-                        deadline = expiration + offset
-                    if not (-_INF < deadline < _INF and expiration < _INF):
-                        raise InvalidRequestError(
-                            RejectReason.NON_FINITE,
-                            f"deadline {deadline!r}, expiration_time {expiration!r}",
-                        )
-                    signum = request.signal
-                    if type(scope) is not str or (
-                        type(signum) is not int
-                        and (not isinstance(signum, int) or isinstance(signum, bool))
-                    ):
-                        raise InvalidRequestError(
-                            RejectReason.WRONG_TYPE,
-                            f"scope_id {type(scope).__name__}, signal {type(signum).__name__}",
-                        )
-                    if not 0 <= signum <= 64:
-                        raise InvalidRequestError(
-                            RejectReason.OUT_OF_RANGE, f"signal {signum} not in 0..64"
-                        )
-                    if worker is None or (
-                        start_time is not None and start_time != worker.start_time
-                    ):
-                        worker = self._admit(request, worker, events)
-                    arm(worker, scope, deadline, request)
-                    n_armed += 1
-                    if subscribed:
-                        events.append(
-                            Armed(
-                                time=mono - offset,
-                                pid=pid,
-                                scope_id=scope,
-                                expires_in=deadline - mono,
-                                signal=signum,
-                                thread_id=request.thread_id,
+        with self._report_lock:
+            with self._lock:
+                table = self._table
+                get_worker = table.get
+                arm = table.arm
+                handles = self._handles
+                mono = time.monotonic()
+                offset = mono - self._wall_clock()
+                n_armed = n_released = n_skewed = 0
+                cap = self._policy.max_timers_per_worker
+                tolerance = CLOCK_TOLERANCE
+                #: Known workers whose pidfd was checked in this batch (and the last one).
+                checked: set[int] = set()
+                last_checked = 0
+                forgotten = False
+                for request in timer_requests:
+                    try:
+                        pid = request.worker_id
+                        scope = request.scope_id
+                        expiration = request.expiration_time
+                        start_time = request.start_time
+                        worker = get_worker(pid)
+                        if expiration < 0:
+                            if (
+                                worker is not None
+                                and (start_time is None or start_time == worker.start_time)
+                                and table.release(worker, scope)
+                            ):
+                                n_released += 1
+                                if subscribed:
+                                    events.append(
+                                        Released(time=mono - offset, pid=pid, scope_id=scope)
+                                    )
+                            continue
+                        if worker is not None and pid != last_checked and pid not in checked:
+                            # Once per batch, not per request: a pidfd poll, no /proc read.
+                            # (A release needs none: a dead worker's timers go anyway.)
+                            checked.add(pid)
+                            last_checked = pid
+                            handle = handles.get(pid)
+                            if handle is not None and not handle.alive():
+                                # The pinned process is gone: whoever uses its pid now
+                                # (even with the same start time) is a new process.
+                                self._forget(pid, events, "exited; a new request names its pid")
+                                forgotten = True
+                                worker = None
+                        converted = expiration + offset
+                        deadline = request.deadline
+                        if deadline is None:
+                            deadline = converted
+                        if not (-_INF < deadline < _INF and expiration < _INF):
+                            raise InvalidRequestError(
+                                RejectReason.NON_FINITE,
+                                f"deadline {deadline!r}, expiration_time {expiration!r}",
                             )
+                        signum = request.signal
+                        if type(scope) is not str or (
+                            signum is not None and (type(signum) is not int or signum > 64)
+                        ):
+                            _check_scope_and_signal(scope, signum)
+                        if worker is None or (
+                            start_time is not None and start_time != worker.start_time
+                        ):
+                            forgotten = forgotten or worker is not None
+                            worker = self._admit(request, worker, events)
+                            checked.add(pid)
+                            last_checked = pid
+                        timers = worker.timers
+                        if len(timers) >= cap and scope not in timers:
+                            raise InvalidRequestError(
+                                RejectReason.TOO_MANY_TIMERS,
+                                f"pid {pid} already holds {len(timers)} timers (limit {cap})",
+                            )
+                        if not -tolerance <= deadline - converted <= tolerance:
+                            # Another time namespace: its monotonic clock is not ours.
+                            n_skewed += 1
+                            events.append(
+                                ClockSkew(
+                                    time=mono - offset,
+                                    pid=pid,
+                                    scope_id=scope,
+                                    skew=deadline - converted,
+                                )
+                            )
+                            deadline = converted
+                        arm(worker, scope, deadline, request)
+                        n_armed += 1
+                        if subscribed:
+                            events.append(
+                                Armed(
+                                    time=mono - offset,
+                                    pid=pid,
+                                    scope_id=scope,
+                                    expires_in=deadline - mono,
+                                    signal=signum,
+                                    thread_id=request.thread_id,
+                                )
+                            )
+                    except InvalidRequestError as error:
+                        rejected.append((error, request))
+                    except (TypeError, AttributeError, ValueError) as exc:
+                        reason = (
+                            RejectReason.WRONG_OBJECT
+                            if isinstance(exc, AttributeError)
+                            else RejectReason.WRONG_TYPE
                         )
-                except InvalidRequestError as error:
-                    rejected.append((error, request))
-                except (TypeError, AttributeError, ValueError) as exc:
-                    reason = (
-                        RejectReason.WRONG_OBJECT
-                        if isinstance(exc, AttributeError)
-                        else RejectReason.WRONG_TYPE
-                    )
-                    rejected.append((InvalidRequestError(reason, str(exc)), request))
-            counts = self._counts
-            counts["received"] += len(timer_requests)
-            counts["armed"] += n_armed
-            counts["released"] += n_released
-        for refusal, refused in rejected:
-            self._refuse(refusal, refused)
-        for event in events:
-            self._emit(event)
+                        rejected.append((InvalidRequestError(reason, str(exc)), request))
+                counts = self._counts
+                counts["received"] += len(timer_requests)
+                counts["armed"] += n_armed
+                counts["released"] += n_released
+                counts["clock_skew"] += n_skewed
+                if rejected:
+                    counts["rejected"] += len(rejected)
+                if forgotten:
+                    counts["exited"] += sum(1 for event in events if isinstance(event, Exited))
+            if rejected:
+                self._deliver([self._refusal(error, request) for error, request in rejected])
+            if events:
+                self._deliver(events)
+        if forgotten:
+            self._close_handles(block=False)
 
     def _register_like_first(self, timer_requests: list[TimerRequest]) -> list[TimerRequest]:
         """Register the first request, then the rest at once if they are like it; return what is left.
 
         A large batch of new timers from one worker (what a transport decodes, or a
         direct call) is checked and armed in a few passes in C instead of request by
-        request; any batch the table cannot arm that way is left to the caller, whole.
+        request; any batch the table cannot arm that way (or that would pass the
+        worker's cap) is left to the caller, whole.
         """
         head = timer_requests[0]
         self.register_timers([head])
         rest = timer_requests[1:]
-        with self._lock:
-            worker = self._table.get(getattr(head, "worker_id", None))  # type: ignore[arg-type]
-            if worker is None:
-                return rest
-            mono = time.monotonic()
-            wall = self._wall_clock()
-            armed = self._table.arm_like(worker, head, rest, mono - wall)
-            if armed is None:
-                return rest
-            self._counts["received"] += len(rest)
-            self._counts["armed"] += len(rest)
-        if self._subscribers:
-            pid, signum, thread_id = worker.pid, head.signal, head.thread_id
-            for scope, deadline in zip(*armed, strict=True):
-                self._emit(
-                    Armed(
-                        time=wall,
-                        pid=pid,
-                        scope_id=scope,
-                        expires_in=deadline - mono,
-                        signal=signum,
-                        thread_id=thread_id,
-                    )
+        with self._report_lock:
+            with self._lock:
+                worker = self._table.get(getattr(head, "worker_id", None))  # type: ignore[arg-type]
+                cap = self._policy.max_timers_per_worker
+                if worker is None or len(worker.timers) + len(rest) > cap:
+                    return rest
+                mono = time.monotonic()
+                wall = self._wall_clock()
+                armed = self._table.arm_like(worker, head, rest, mono - wall, CLOCK_TOLERANCE)
+                if armed is None:
+                    return rest
+                self._counts["received"] += len(rest)
+                self._counts["armed"] += len(rest)
+            if self._subscribers:
+                pid, signum, thread_id = worker.pid, head.signal, head.thread_id
+                self._deliver(
+                    [
+                        Armed(
+                            time=wall,
+                            pid=pid,
+                            scope_id=scope,
+                            expires_in=deadline - mono,
+                            signal=signum,
+                            thread_id=thread_id,
+                        )
+                        for scope, deadline in zip(*armed, strict=True)
+                    ]
                 )
         return []
 
     def _admit(self, request: TimerRequest, known: Worker | None, events: list[Event]) -> Worker:
         """Prove who sent ``request`` and start tracking it; raise ``InvalidRequestError`` if not.
 
-        Called with the lock held, for a pid not known yet or a start time that differs
-        from the pinned one.
+        Called with the lock held, for a pid not known yet, a start time that differs
+        from the pinned one, or a pinned process found gone.
         """
         pid = request.worker_id
         if type(pid) is not int:
             raise InvalidRequestError(RejectReason.WRONG_TYPE, f"pid {pid!r} is not an int")
         if pid <= 0:
             raise InvalidRequestError(RejectReason.BAD_PID, f"pid {pid} is not positive")
-        if is_protected(pid):
-            raise InvalidRequestError(
-                RejectReason.PROTECTED_PID,
-                f"pid {pid} is pid 1, the server or the server's process group",
-            )
-        procfs = self._reaper.procfs
-        stat = procfs.stat(pid)
-        if stat is None or stat[0] in _DEAD_STATES:
-            raise InvalidRequestError(RejectReason.NO_SUCH_PROCESS, f"pid {pid} does not exist")
-        actual = stat[1]
         claimed = request.start_time
-        if claimed is not None and claimed != actual:
-            raise InvalidRequestError(
-                RejectReason.PID_REUSED,
-                f"pid {pid} started at {actual}, the request says {claimed}",
-            )
+        handle: Target | None = None
+        if pid == os.getpid():
+            # Registered and reported like any worker, never signalled.
+            stat = process_stat(pid)
+            assert stat is not None
+            actual = stat[1]
+            if claimed is not None and claimed != actual:
+                raise InvalidRequestError(
+                    RejectReason.PID_REUSED,
+                    f"pid {pid} started at {actual}, the request says {claimed}",
+                )
+        else:
+            if is_protected(pid):
+                raise InvalidRequestError(
+                    RejectReason.PROTECTED_PID, f"pid {pid} is pid 1 or the server's process group"
+                )
+            try:
+                handle = Target(self._procfs, pid, claimed)
+            except PidReused:
+                raise InvalidRequestError(
+                    RejectReason.PID_REUSED,
+                    f"pid {pid} names a process that did not start at {claimed}",
+                ) from None
+            except ProcessGone:
+                raise InvalidRequestError(
+                    RejectReason.NO_SUCH_PROCESS, f"pid {pid} does not exist"
+                ) from None
+            try:
+                self._check_allowed(pid)
+            except BaseException:
+                handle.close()
+                raise
+            actual = handle.start_time
+        if known is not None and self._table.get(pid) is known:
+            self._forget(pid, events, "pid reused by a new worker")
+        if handle is not None:
+            self._handles[pid] = handle
+        return self._table.add_worker(pid, actual)
+
+    def _check_allowed(self, pid: int) -> None:
+        """Raise ``InvalidRequestError`` if the policy forbids touching live process ``pid``."""
+        procfs = self._procfs
         status = procfs.status(pid)
         if status is None:
             raise InvalidRequestError(RejectReason.NO_SUCH_PROCESS, f"pid {pid} does not exist")
-        if not self.policy.allow_other_users and not procfs.same_user(status):
+        if not self._policy.allow_other_users and not procfs.same_user(status):
             raise InvalidRequestError(
                 RejectReason.OTHER_USER,
                 f"pid {pid} belongs to uid {status.uids[0]}, not to this server's user",
             )
-        if known is not None:
-            # The pinned process is gone and its pid now names the requester.
-            old = self._table.drop_worker(pid)
-            assert old is not None
-            self._counts["exited"] += 1
-            events.append(
-                Exited(
-                    time=self._wall_clock(),
-                    pid=pid,
-                    timers=len(old),
-                    detail="pid reused by a new worker",
-                )
+        root = self._policy.descendants_of
+        if root is not None and not procfs.descends_from(pid, root):
+            raise InvalidRequestError(
+                RejectReason.NOT_IN_JOB, f"pid {pid} does not descend from pid {root}"
             )
-        return self._table.add_worker(pid, actual)
 
     def _reject(self, error: InvalidRequestError) -> None:
         """Count and report an item of a batch that is not a valid request."""
-        self._count("received")
-        self._refuse(error, None)
+        with self._report_lock:
+            with self._lock:
+                self._counts["received"] += 1
+                self._counts["rejected"] += 1
+            self._deliver((self._refusal(error, None),))
 
-    def _refuse(self, error: InvalidRequestError, request: Any) -> None:
-        """Count, log and report ``error``; ``request`` is what it refuses (``None``: unknown)."""
-        self._count("rejected")
+    def _refusal(self, error: InvalidRequestError, request: Any) -> Rejected:
+        """Log ``error`` and return its event; ``request`` is what it refuses (``None``: unknown)."""
         pid = getattr(request, "worker_id", None)
         scope = getattr(request, "scope_id", None)
         if error.reason in self._warned:
@@ -352,36 +473,65 @@ class WatchdogServer(TimerServer):
         else:
             self._warned.add(error.reason)
             logger.warning("rejected timer request: %s (more like it are logged at debug)", error)
-        self._emit(
-            Rejected(
-                time=self._wall_clock(),
-                reason=error.reason,
-                detail=error.detail,
-                pid=pid if type(pid) is int else None,
-                scope_id=scope if type(scope) is str else None,
-            )
+        return Rejected(
+            time=self._wall_clock(),
+            reason=error.reason,
+            detail=error.detail,
+            pid=pid if type(pid) is int else None,
+            scope_id=scope if type(scope) is str else None,
         )
+
+    # -- forgetting a worker --------------------------------------------------------
+
+    def _forget(self, pid: int, events: list[Event] | None, detail: str) -> Worker | None:
+        """Drop worker ``pid`` with its timers, its reap and its handle; the one way to do so.
+
+        Called with the lock held. With ``events``, an ``exited`` event is added when
+        the worker held timers (the caller counts it). The handle is closed later, by
+        :meth:`_close_handles`, once no reap step can be using it.
+        """
+        worker = self._table.drop_worker(pid)
+        self._reaps.pop(pid, None)
+        handle = self._handles.pop(pid, None)
+        if handle is not None:
+            self._closing.append(handle)
+        if worker is not None and len(worker) and events is not None:
+            logger.info("worker %d held %d timer(s) (%s); dropped them", pid, len(worker), detail)
+            events.append(
+                Exited(time=self._wall_clock(), pid=pid, timers=len(worker), detail=detail)
+            )
+        return worker
+
+    def _close_handles(self, *, block: bool) -> None:
+        """Close the handles of forgotten workers, unless (``block=False``) a reap step runs."""
+        if not self._closing or not self._reap_lock.acquire(blocking=block):
+            return
+        try:
+            with self._lock:
+                closing, self._closing = self._closing, []
+            for handle in closing:
+                handle.close()
+        finally:
+            self._reap_lock.release()
+
+    def _drop_gone(self, gone: list[tuple[int, int]], detail: str) -> None:
+        """Forget the workers ``(pid, start_time)`` found gone, reporting those that held timers."""
+        events: list[Event] = []
+        with self._report_lock:
+            with self._lock:
+                for pid, start_time in gone:
+                    worker = self._table.get(pid)
+                    if worker is not None and worker.start_time == start_time:
+                        self._forget(pid, events, detail)
+                self._counts["exited"] += len(events)
+            self._deliver(events)
 
     def clear_timers(self, worker_ids: set[int]) -> None:
         """Forget every timer of the given workers, and stop reaping them."""
-        self._clear(worker_ids, None)
-
-    def _clear(self, worker_ids: Iterable[int], start_times: dict[int, int] | None) -> None:
-        """Drop workers (only those with the given start time, if one is given for a pid)."""
-        done: list[Reap] = []
         with self._lock:
             for pid in worker_ids:
-                start_time = None if start_times is None else start_times.get(pid)
-                worker = self._table.get(pid)
-                if worker is not None and start_time in (None, worker.start_time):
-                    self._table.drop_worker(pid)
-                reap = self._reaps.get(pid)
-                if reap is not None and start_time in (None, reap.start_time):
-                    done.append(self._reaps.pop(pid))
-        if done:
-            with self._reap_lock:
-                for reap in done:
-                    reap.close()
+                self._forget(pid, None, "cleared")
+        self._close_handles(block=False)
 
     def get_expired_timers(self, deadline: float) -> dict[int, list[TimerRequest]]:
         """Return the held timers whose deadline is before ``deadline`` (``time.time()`` seconds), by pid."""
@@ -390,10 +540,28 @@ class WatchdogServer(TimerServer):
             build = self._table.due(mono)
         return build()
 
-    # -- reaping ------------------------------------------------------------------
+    # -- expiry and reaping ---------------------------------------------------------
+
+    def _action(self, request: TimerRequest, pid: int) -> int:
+        """Return the signal to send when ``request`` expires; 0: report it, send nothing.
+
+        See the precedence table in docs/operations.md.
+        """
+        policy = self._policy
+        if policy.observe_only or pid == os.getpid():
+            return 0
+        signum = request.signal
+        if policy.force_signal or signum is None:
+            return policy.signal
+        return int(signum) if signum > 0 else 0
 
     def _reap_worker(self, worker_id: int) -> bool:
-        """Advance the reap of ``worker_id`` by what is due now; ``False``: call again later."""
+        """Advance the reap of ``worker_id`` by what is due now; ``False``: call again later.
+
+        Only expired timers start a reap. Once the reap is over, a worker that was
+        only notified keeps its armed timers (its expired ones are dropped); any
+        other is forgotten.
+        """
         with self._reap_lock:
             now = time.monotonic()
             with self._lock:
@@ -402,102 +570,121 @@ class WatchdogServer(TimerServer):
                     worker = self._table.get(worker_id)
                     if worker is None:
                         return True
-                    table = self._table
-                    entries = table.expired_entries(worker) or table.armed_entries(worker)
-                    reap = self._reaps[worker_id] = self._new_reap(worker, entries, now)
+                    reap = self._new_reap(worker, self._table.expired_entries(worker), now)
+                    if reap is None:
+                        return True
+                    self._reaps[worker_id] = reap
             done = self._reaper.step(reap, now)
             if done:
-                reap.close()
+                with self._lock:
+                    if self._reaps.get(worker_id) is reap:
+                        del self._reaps[worker_id]
+                        worker = self._table.get(worker_id)
+                        if reap.notified and worker is not None:
+                            self._table.drop_expired(worker)
+                        else:
+                            self._forget(worker_id, None, "reaped")
+            self._close_handles(block=True)
             return done
 
-    def _new_reap(self, worker: Worker, entries: list[Entry], now: float) -> Reap:
-        first = min(entries, key=lambda entry: entry[0])
-        signum = next(
-            (entry[2].signal for entry in sorted(entries) if entry[2].signal > 0),
-            self.policy.signal,
-        )
-        signum = int(signum)
-        request = first[2]
-        return Reap(
-            worker.pid,
-            worker.start_time,
-            scope_id=request.scope_id,
-            deadline=first[0],
-            signal=signum,
-            thread_id=request.thread_id,
-            timers=len(worker),
-            now=now,
-        )
+    def _new_reap(self, worker: Worker, entries: list[Entry], now: float) -> Reap | None:
+        """Return the reap for ``worker``'s expired ``entries``; ``None`` if none asks for a signal.
+
+        Called with the lock held. The earliest entry that asks for a signal names the
+        reap and gives its first signal.
+        """
+        pid = worker.pid
+        for deadline, _, request in sorted(entries):
+            signum = self._action(request, pid)
+            if signum > 0:
+                return Reap(
+                    pid,
+                    worker.start_time,
+                    self._handles.get(pid),
+                    scope_id=request.scope_id,
+                    deadline=deadline,
+                    signal=signum,
+                    thread_id=request.thread_id,
+                    timers=len(worker),
+                    now=now,
+                )
+        return None
 
     def _expire(self, now: float) -> None:
-        """Move timers past their deadline into reaps; drop the timers of workers that exited."""
+        """Report timers past their deadline; start reaps; drop workers that exited.
+
+        A timer whose action is to signal stays held until its worker's reap is over;
+        one that is only observed is reported and dropped, so the worker's other
+        timers stay armed.
+        """
         with self._lock:
-            entries = self._table.pop_expired(now)
-            if not entries:
-                return
-            by_pid: dict[int, list[Entry]] = {}
-            for entry in entries:
-                by_pid.setdefault(entry[2].worker_id, []).append(entry)
-            fresh: list[Reap] = []
-            for pid, mine in by_pid.items():
-                if pid not in self._reaps:
+            deadline = self._table.next_deadline()
+        if deadline is None or deadline > now:
+            return
+        events: list[Event] = []
+        with self._reap_lock, self._report_lock:
+            with self._lock:
+                entries = self._table.pop_expired(now)
+                if not entries:
+                    return
+                by_pid: dict[int, list[Entry]] = {}
+                for entry in entries:
+                    by_pid.setdefault(entry[2].worker_id, []).append(entry)
+                wall = self._wall_clock()
+                expired = 0
+                for pid, mine in by_pid.items():
                     worker = self._table.get(pid)
                     assert worker is not None
-                    reap = self._reaps[pid] = self._new_reap(worker, mine, now)
-                    fresh.append(reap)
-        procfs = self._reaper.procfs
-        gone = {reap.pid for reap in fresh if procfs.liveness(reap.pid, reap.start_time) is None}
-        expired = 0
-        wall = self._wall_clock()
-        for pid, mine in by_pid.items():
-            if pid in gone:
-                continue
-            expired += len(mine)
-            if self._subscribers:
-                for deadline, _, request in mine:
-                    self._emit(
-                        Expired(
-                            time=wall,
-                            pid=pid,
-                            scope_id=request.scope_id,
-                            late=now - deadline,
-                            expiration_time=request.expiration_time,
-                            signal=request.signal,
-                            thread_id=request.thread_id,
+                    handle = self._handles.get(pid)
+                    if pid not in self._reaps and handle is not None and not handle.alive():
+                        self._forget(pid, events, "exited before its timer expired")
+                        self._counts["exited"] += 1
+                        continue
+                    reap = self._reaps.get(pid)
+                    for entry in sorted(mine):
+                        deadline, _, request = entry
+                        action = self._action(request, pid)
+                        if action <= 0:
+                            self._table.release(worker, request.scope_id)
+                        elif reap is None:
+                            reap = self._new_reap(worker, [entry], now)
+                            assert reap is not None
+                            self._reaps[pid] = reap
+                        events.append(
+                            Expired(
+                                time=wall,
+                                pid=pid,
+                                scope_id=request.scope_id,
+                                late=now - deadline,
+                                expiration_time=request.expiration_time,
+                                signal=request.signal,
+                                thread_id=request.thread_id,
+                                action=action if action <= 0 or reap is None else reap.signal,
+                            )
                         )
-                    )
-        self._count("expired", expired)
-        for reap in fresh:
-            if reap.pid in gone:
-                self._drop_exited(reap.pid, reap.start_time, "exited before its timer expired")
-
-    def _drop_exited(self, pid: int, start_time: int, detail: str) -> None:
-        with self._lock:
-            worker = self._table.get(pid)
-            if worker is None or worker.start_time != start_time:
-                return
-            self._table.drop_worker(pid)
-            reap = self._reaps.get(pid)
-            if reap is not None and reap.start_time == start_time:
-                del self._reaps[pid]
-            held = len(worker)
-            if held:
-                self._counts["exited"] += 1
-        if reap is not None:
-            with self._reap_lock:
-                reap.close()
-        if held:
-            logger.info("worker %d exited holding %d timer(s); dropped them", pid, held)
-            self._emit(Exited(time=self._wall_clock(), pid=pid, timers=held, detail=detail))
+                        expired += 1
+                self._counts["expired"] += expired
+            self._deliver(events)
+        self._close_handles(block=True)
 
     def _sweep(self) -> None:
-        """Drop the timers of every known worker that has exited (reaps excluded)."""
-        with self._lock:
-            workers = [(w.pid, w.start_time) for w in self._table if w.pid not in self._reaps]
-        procfs = self._reaper.procfs
-        for pid, start_time in workers:
-            if procfs.liveness(pid, start_time) is None:
-                self._drop_exited(pid, start_time, "exited while its timers were armed")
+        """Drop every known worker that has exited (reaps excluded)."""
+        with self._reap_lock:
+            with self._lock:
+                own = os.getpid()
+                workers = [
+                    (w.pid, w.start_time, self._handles.get(w.pid))
+                    for w in self._table
+                    if w.pid not in self._reaps and w.pid != own
+                ]
+            gone = [
+                (pid, start)
+                for pid, start, handle in workers
+                if handle is None or not handle.alive()
+            ]
+            if gone:
+                self._drop_gone(gone, "exited while its timers were armed")
+        self._close_handles(block=True)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -515,8 +702,25 @@ class WatchdogServer(TimerServer):
                 wake = min(wake, self._next_sweep)
         return max(0.0, wake - now)
 
+    def _watchdog_loop(self) -> None:
+        self._loop_thread = threading.current_thread()
+        try:
+            super()._watchdog_loop()
+        finally:
+            self._busy_since = 0.0
+            if self._loop_thread is threading.current_thread():
+                self._loop_thread = None
+
     def _run_watchdog(self) -> None:
-        """Run one round: take a batch, register it, reap what is due, clear the reaped."""
+        """Run one round: take a batch, register it, reap what is due, drop the exited."""
+        try:
+            self._round()
+        finally:
+            self._busy_since = 0.0
+            with self._lock:
+                self._counts["loops"] += 1
+
+    def _round(self) -> None:
         timeout = self._wait_timeout()
         try:
             requests = self._take_batch(timeout)
@@ -524,20 +728,20 @@ class WatchdogServer(TimerServer):
             logger.exception("reading the request queue failed; retrying")
             time.sleep(min(timeout, 0.05))
             requests = []
+        self._busy_since = time.monotonic()
         if requests:
             self.register_timers(requests)
         now = time.monotonic()
         self._expire(now)
         with self._lock:
-            due = {pid: r.start_time for pid, r in self._reaps.items() if r.due <= now}
+            due = [pid for pid, reap in self._reaps.items() if reap.due <= now]
             reaped_before = self._counts["reaped"]
-        if due:
-            finished = {pid: start for pid, start in due.items() if self._reap_worker_no_throw(pid)}
-            if finished:
-                self._clear(finished, finished)
+        for pid in due:
+            self._reap_worker_no_throw(pid)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self._sweep()
-        if self.policy.exit_on_reap and self._counts["reaped"] > reaped_before:
+        self._close_handles(block=True)
+        if self._policy.exit_on_reap and self._counts["reaped"] > reaped_before:
             logger.warning("exit_on_reap: killing the server process %d", os.getpid())
             os.kill(os.getpid(), signal.SIGKILL)

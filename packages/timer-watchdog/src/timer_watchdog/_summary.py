@@ -11,6 +11,7 @@ import msgspec
 
 from ._events import (
     Armed,
+    ClockSkew,
     Event,
     Exited,
     Expired,
@@ -197,6 +198,12 @@ def describe(event: Event) -> str:
         return f"rejected a request{sender}: {event.reason.value}: {event.detail}"
     if isinstance(event, Exited):
         return f"pid {event.pid} exited holding {event.timers} timer(s)"
+    if isinstance(event, ClockSkew):
+        return (
+            f"pid {event.pid}: timer {event.scope_id!r} has a monotonic deadline "
+            f"{event.skew:+.3g}s off its wall-clock time (another time namespace?); "
+            "armed by the wall clock"
+        )
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover - the union is closed
 
 

@@ -141,6 +141,7 @@ class Worker:
         "pid",
         "scopes",
         "shapes",
+        "skewed",
         "start_time",
         "timers",
     )
@@ -166,6 +167,9 @@ class Worker:
         self.shapes: list[Shape | None] = []
         #: Free slots, reused before the columns grow.
         self.free: list[int] = []
+        #: The request's own deadline by slot, where the table keeps another one (the
+        #: server arms by the expiration time when the two disagree).
+        self.skewed: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self.timers) + len(self.expired)
@@ -204,7 +208,7 @@ class Worker:
             self.expirations[slot],
             signal,
             start_time,
-            self.deadlines[slot] if has_deadline else None,
+            self.skewed.get(slot, self.deadlines[slot]) if has_deadline else None,
             thread_id,
         )
 
@@ -220,10 +224,14 @@ class Worker:
         pid, holes = self.pid, bool(self.free)
         scopes, shapes = list(self.scopes), list(self.shapes)
         expirations, deadlines = array("d", self.expirations), array("d", self.deadlines)
+        for slot, deadline in self.skewed.items():
+            deadlines[slot] = deadline
         return lambda: _rebuild(pid, scopes, shapes, expirations, deadlines, holes)
 
     def _free_slot(self, slot: int) -> None:
         self.scopes[slot] = None
+        if self.skewed:
+            self.skewed.pop(slot, None)
         free = self.free
         free.append(slot)
         if len(free) >= _SHRINK_FROM and len(free) == len(self.scopes):
@@ -312,7 +320,8 @@ class TimerTable:
         shape = worker.last_shape
         signal = request.signal
         thread_id = request.thread_id
-        has_deadline = request.deadline is not None
+        own_deadline = request.deadline
+        has_deadline = own_deadline is not None
         if (
             shape is None
             or shape[3] is not has_deadline
@@ -348,6 +357,10 @@ class TimerTable:
             worker.shapes[slot] = shape
             worker.deadlines[slot] = deadline
             worker.expirations[slot] = request.expiration_time
+        if own_deadline is not None and own_deadline != deadline:
+            worker.skewed[slot] = own_deadline
+        elif worker.skewed:
+            worker.skewed.pop(slot, None)
         try:
             key = int(deadline * 1e6) << _QUANTUM_SHIFT | (worker.base | slot)
         except OverflowError:
