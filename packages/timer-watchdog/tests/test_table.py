@@ -368,3 +368,12 @@ class TestSkew:
         table.arm(worker, "ns", 3.0, again)
         assert table.expired_by(float("inf")) == {7: [again]}
         assert worker.skewed == {}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "soon"])
+def test_a_bad_deadline_raises_before_the_table_changes(bad):
+    table = TimerTable()
+    worker = table.add_worker(7, 100)
+    with pytest.raises((ValueError, TypeError)):
+        table.arm(worker, "a", bad, TimerRequest(7, "a", 1.0))
+    assert (table.armed, len(worker.scopes), worker.timers) == (0, 0, {})

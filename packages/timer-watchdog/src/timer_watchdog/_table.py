@@ -7,7 +7,9 @@ timer of the worker that looks the same). Its *key* is one int,
 ``quantum << 56 | worker number << 32 | slot`` where ``quantum`` is the deadline in
 whole microseconds: the worker's dict ``timers`` maps the scope to the key, and the
 same int object sits in one binary heap of keys, so ordering by key orders by
-deadline. Requests are rebuilt, equal to the ones armed, only when asked for.
+deadline. Requests are rebuilt, equal to the ones armed, only when asked for (a
+request armed by another deadline than its own, which the server does for a worker in
+another time namespace, has its own kept in ``skewed``).
 
 Re-arming or releasing leaves the old key in the heap (lazy deletion: a key is live
 only while its worker's ``timers`` holds that very object); the heap is rebuilt when
@@ -335,6 +337,10 @@ class TimerTable:
                 None if thread_id is None else worker.thread_id(thread_id),
                 has_deadline,
             )
+        try:  # before any change: a NaN deadline raises here
+            quantum = int(deadline * 1e6)
+        except OverflowError:
+            quantum = _quantum(deadline)
         timers = worker.timers
         old = timers.get(scope)
         if old is None:
@@ -361,10 +367,7 @@ class TimerTable:
             worker.skewed[slot] = own_deadline
         elif worker.skewed:
             worker.skewed.pop(slot, None)
-        try:
-            key = int(deadline * 1e6) << _QUANTUM_SHIFT | (worker.base | slot)
-        except OverflowError:
-            key = _quantum(deadline) << _QUANTUM_SHIFT | (worker.base | slot)
+        key = quantum << _QUANTUM_SHIFT | (worker.base | slot)
         if deadline > self._latest:
             self._latest = deadline
         if key == old:
