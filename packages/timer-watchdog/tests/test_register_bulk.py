@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from timer_api import TimerRequest
-from timer_watchdog import Armed, Rejected, WatchdogServer
+from timer_watchdog import Armed, Rejected, WatchdogPolicy, WatchdogServer
 from timer_watchdog._server import BULK_MIN
 from timer_watchdog._table import TimerTable
 
@@ -49,9 +49,9 @@ def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def _both(make_server: Callable[..., Any], batch: list[Any]) -> tuple[Any, Any]:
+def _both(make_server: Callable[..., Any], batch: list[Any], **kwargs: Any) -> tuple[Any, Any]:
     """Register ``batch`` in one call on one server, one request per call on another."""
-    whole, single = make_server(start=False), make_server(start=False)
+    whole, single = make_server(start=False, **kwargs), make_server(start=False, **kwargs)
     whole.server.register_timers(batch)
     for request in batch:
         single.server.register_timers([request])
@@ -163,4 +163,24 @@ def test_a_batch_of_a_worker_that_holds_some_of_its_scopes_is_taken_one_by_one(
     for request in batch:
         single.server.register_timers([request])
     assert _outcome(whole.server, whole.events) == _outcome(single.server, single.events)
+    assert bulk_calls == []
+
+
+@pytest.mark.parametrize("cap", [N // 2, N, N + 10])
+def test_a_batch_beyond_the_workers_cap_is_taken_one_by_one(make_server, spawn, bulk_calls, cap):
+    batch = _batch(spawn())
+    policy = WatchdogPolicy(max_timers_per_worker=cap)
+    whole, single = _both(make_server, batch, policy=policy)
+    assert whole == single
+    assert whole[0][1] == min(cap, N)  # armed
+    assert bulk_calls == ([] if cap < N else [N - 1])
+
+
+def test_a_batch_with_a_deadline_off_its_expiration_time_is_taken_one_by_one(
+    make_server, spawn, bulk_calls
+):
+    batch = _batch(spawn())
+    batch[N // 3].deadline -= 3600.0  # a worker in another time namespace
+    whole, single = _both(make_server, batch)
+    assert whole == single
     assert bulk_calls == []
