@@ -237,10 +237,14 @@ class Worker:
         free = self.free
         free.append(slot)
         if len(free) >= _SHRINK_FROM and len(free) == len(self.scopes):
-            self.scopes.clear()
-            self.shapes.clear()
-            del self.deadlines[:], self.expirations[:]
-            self.free.clear()
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """Give the columns back: every slot is free."""
+        self.scopes.clear()
+        self.shapes.clear()
+        del self.deadlines[:], self.expirations[:]
+        self.free.clear()
 
 
 class TimerTable:
@@ -547,7 +551,14 @@ class TimerTable:
                 self._holding.discard(worker.pid)
         else:
             self._live -= 1
-        worker._free_slot(key & _SLOT_MASK)
+        slot = key & _SLOT_MASK  # what Worker._free_slot does, inline on this hot path
+        worker.scopes[slot] = None
+        if worker.skewed:
+            worker.skewed.pop(slot, None)
+        free = worker.free
+        free.append(slot)
+        if len(free) >= _SHRINK_FROM and len(free) == len(worker.scopes):
+            worker._shrink()
         if len(self._heap) > 2 * self._live + COMPACT_SLACK:
             self._compact()
         return True
