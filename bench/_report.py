@@ -16,7 +16,9 @@ class Figure:
     """One measured quantity, ours against torch, with the target its issue set (if any).
 
     ``stat`` names the summary value shown and judged (``median`` or ``p99``);
-    ``better`` says which way is good; ``target`` is in ``unit``.
+    ``better`` says which way is good; ``target`` is in ``unit``; ``target_ratio``
+    asks ours to be at least that many times better than torch (judged only when
+    torch was measured).
     """
 
     key: str
@@ -27,6 +29,7 @@ class Figure:
     ours: Stats | None = None
     torch: Stats | None = None
     target: float | None = None
+    target_ratio: float | None = None
     stat: str = "median"
     note: str = ""
     errors: dict[str, str] = field(default_factory=dict)
@@ -55,18 +58,27 @@ class Figure:
         if "ours" in self.errors:
             return "ERROR"
         ours = self.value("ours")
-        if self.target is None or ours is None:
+        verdicts = []
+        if self.target is not None and ours is not None:
+            ok = ours <= self.target if self.better == "lower" else ours >= self.target
+            verdicts.append(ok)
+        ratio = self.ratio()
+        if self.target_ratio is not None and ratio is not None:
+            verdicts.append(ratio >= self.target_ratio)
+        if not verdicts:
             return "-"
-        ok = ours <= self.target if self.better == "lower" else ours >= self.target
-        return "PASS" if ok else "MISS"
+        return "PASS" if all(verdicts) else "MISS"
 
     def target_text(self) -> str:
-        """Return the target as ``<= 3 us`` / ``>= 100,000 /s``, or ``-``."""
-        if self.target is None:
-            return "-"
-        sign = "<=" if self.better == "lower" else ">="
-        stat = "" if self.stat == "median" else f"{self.stat} "
-        return f"{stat}{sign} {_num(self.target)} {self.unit}".strip()
+        """Return the target as ``<= 3 us`` / ``>= 100,000 /s`` / ``>= 2x torch``, or ``-``."""
+        parts = []
+        if self.target is not None:
+            sign = "<=" if self.better == "lower" else ">="
+            stat = "" if self.stat == "median" else f"{self.stat} "
+            parts.append(f"{stat}{sign} {_num(self.target)} {self.unit}".strip())
+        if self.target_ratio is not None:
+            parts.append(f">= {self.target_ratio:g}x torch")
+        return ", ".join(parts) or "-"
 
     def cell(self, impl: str) -> str:
         """Return ``median (p25-p75)`` or the single judged value, or why it is missing."""
@@ -108,6 +120,7 @@ class Figure:
             "torch": None if self.torch is None else self.torch.as_dict(),
             "ratio": None if ratio is None or math.isinf(ratio) else ratio,
             "target": self.target,
+            "target_ratio": self.target_ratio,
             "target_text": self.target_text(),
             "verdict": self.verdict(),
             "note": self.note,

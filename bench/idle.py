@@ -1,4 +1,4 @@
-"""Workload 5: idle server CPU with n armed timers (and how long registering them took).
+"""Workload 5: idle server CPU with n armed timers (and the RSS they take).
 
 The server (a ``LocalTimerServer`` on an empty queue, ``max_interval`` 0.1: torch's
 agent's value) runs in this process; its timers, one hour ahead, belong to a live
@@ -116,18 +116,6 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
             )
         )
         if n == COUNTS[-1]:
-            out.append(
-                figure(
-                    runs,
-                    lambda r: [r["register_seconds"]],
-                    key="register_100000",
-                    workload=5,
-                    title="register_timers() of 100,000 arm requests, one direct call",
-                    unit="s",
-                    better="lower",
-                    target=0.3,
-                )
-            )
             out.append(
                 figure(
                     runs,

@@ -6,6 +6,10 @@ pairs over 64 scopes of its own pid, as its implementation's client encodes them
 encoded lines, writes them as fast as the pipe drains, then closes it). The clock runs from
 ``server.start()`` until the server's request count reaches ``n``; the server
 runs in this process and is polled every 2 ms.
+
+A third figure feeds ``n`` (at most 100,000) arms of distinct timers over the mp
+queue while a thread calls ``get_expired_timers(time.time())`` every 10 ms, as a
+watchdog loop or a test would: the table grows to ``n`` timers under the polls.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -30,14 +35,25 @@ def _scope(i: int) -> str:
     return f"/workspace/train.py#{100 + i % _SCOPES}"
 
 
-def _produce_mp(impl: str, queue: Any, n: int, ready: Any, finish: Any) -> None:
+def _produce_mp(impl: str, queue: Any, n: int, ready: Any, finish: Any, arms: bool) -> None:
     client = _impls.mp_client(impl, queue)
     expiration = time.time() + 3600
-    for i in range(n // 2):
-        client.acquire(_scope(i), expiration)
-        client.release(_scope(i))
+    if arms:  # n timers on distinct scopes, all still armed at the end
+        for i in range(n):
+            client.acquire(f"/workspace/train.py#{i}", expiration)
+    else:
+        for i in range(n // 2):
+            client.acquire(_scope(i), expiration)
+            client.release(_scope(i))
     ready.set()
     finish.wait(300)
+
+
+def _poll(server: Any, every: float, stop: threading.Event, polls: list[int]) -> None:
+    """Call ``get_expired_timers(time.time())`` every ``every`` seconds until ``stop``."""
+    while not stop.wait(every):
+        server.get_expired_timers(time.time())
+        polls[0] += 1
 
 
 def _produce_pipe(impl: str, path: str, n: int, ready: Any, go: Any, finish: Any) -> None:
@@ -69,14 +85,22 @@ def _produce_pipe(impl: str, path: str, n: int, ready: Any, go: Any, finish: Any
     finish.wait(300)
 
 
-def measure(impl: str, transport: str, n: int, max_interval: float) -> dict[str, Any]:
-    """Feed ``n`` requests to a fresh server; return the seconds and requests/s it took."""
+def measure(
+    impl: str, transport: str, n: int, max_interval: float, poll: float = 0.0, arms: bool = False
+) -> dict[str, Any]:
+    """Feed ``n`` requests to a fresh server; return the seconds and requests/s it took.
+
+    ``arms``: the requests arm ``n`` distinct timers (mp only) instead of arm/release
+    pairs; ``poll`` > 0: a thread calls ``get_expired_timers`` that often meanwhile.
+    """
     ctx = multiprocessing.get_context("spawn")
     ready, go, finish = ctx.Event(), ctx.Event(), ctx.Event()
+    stop = threading.Event()
+    polls = [0]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         if transport == "mp":
             queue = ctx.Queue()
-            producer = ctx.Process(target=_produce_mp, args=(impl, queue, n, ready, finish))
+            producer = ctx.Process(target=_produce_mp, args=(impl, queue, n, ready, finish, arms))
             producer.start()
             server = _impls.mp_server(impl, queue, max_interval)
             go.set()
@@ -90,16 +114,23 @@ def measure(impl: str, transport: str, n: int, max_interval: float) -> dict[str,
                 raise RuntimeError("producer not ready within 120 s")
             time.sleep(0.2)  # let the mp feeder fill the pipe
             go.set()
+            poller = threading.Thread(target=_poll, args=(server, poll, stop, polls), daemon=True)
             start = time.perf_counter()
             server.start()
+            if poll > 0:
+                poller.start()
             count = 0
             deadline = start + 120
             while count < n and time.perf_counter() < deadline:
                 time.sleep(0.002)
                 count = _impls.processed(impl, server)
             seconds = time.perf_counter() - start
+            stop.set()
+            if poller.is_alive():
+                poller.join(30)
             timers = _impls.timer_count(impl, server)
         finally:
+            stop.set()
             finish.set()
             server.stop()
             producer.join(30)
@@ -107,7 +138,13 @@ def measure(impl: str, transport: str, n: int, max_interval: float) -> dict[str,
                 producer.kill()
     if count < n:
         raise RuntimeError(f"server took in {count} of {n} requests in {seconds:.1f} s")
-    return {"n": n, "seconds": seconds, "rate": n / seconds, "timers_left": timers}
+    return {
+        "n": n,
+        "seconds": seconds,
+        "rate": n / seconds,
+        "timers_left": timers,
+        "polls": polls[0],
+    }
 
 
 def main() -> None:
@@ -138,4 +175,23 @@ def figures(impls: list[str], cfg: dict[str, Any]) -> tuple[list[Figure], dict[s
                 target=target,
             )
         )
+    n = min(cfg["n"], 100_000)
+    params = {"transport": "mp", "n": n, "max_interval": 0.1, "poll": 0.01, "arms": True}
+    runs = interleaved("ingest", impls, cfg["rounds"], params)
+    raw["mp_polled"] = runs.results
+    out.append(
+        figure(
+            runs,
+            lambda r: [r["rate"]],
+            key="ingest_mp_polled",
+            workload=3,
+            title=(
+                f"server ingest, mp queue: {n:,} arms of distinct timers, "
+                "get_expired_timers(time.time()) polled every 10 ms"
+            ),
+            unit="req/s",
+            better="higher",
+            target_ratio=2.0,
+        )
+    )
     return out, raw

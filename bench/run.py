@@ -26,7 +26,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _impls, client_rate, expires_cost, idle, imports, ingest, memory, progress, reap
+from bench import (
+    _impls,
+    client_rate,
+    expires_cost,
+    idle,
+    imports,
+    ingest,
+    memory,
+    progress,
+    reap,
+    table_ops,
+)
 from bench._child import ROOT
 from bench._report import Figure, markdown_table, text_table
 
@@ -38,6 +49,7 @@ WORKLOADS = {
     4: ("reap overshoot", reap.figures),
     5: ("idle server CPU", idle.figures),
     6: ("memory per timer", memory.figures),
+    7: ("timer table calls", table_ops.figures),
     8: ("run --progress", progress.figures),
 }
 
@@ -50,6 +62,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         4: {"rounds": 2, "samples_ours": 40, "samples_torch": 20},
         5: {"rounds": 1, "windows": 3, "window": 2.0},
         6: {"rounds": 2, "n": 100_000},
+        7: {"rounds": 4, "n": 100_000, "calls": 5},
         8: {"rounds": 1, "size_mb": 100, "repeats": 15, "stalls": 10, "stall": 1.0},
     },
     "quick": {
@@ -60,6 +73,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         4: {"rounds": 1, "samples_ours": 10, "samples_torch": 8},
         5: {"rounds": 1, "windows": 1, "window": 1.0},
         6: {"rounds": 1, "n": 20_000},
+        7: {"rounds": 1, "n": 100_000, "calls": 2},
         8: {"rounds": 1, "size_mb": 20, "repeats": 3, "stalls": 2, "stall": 1.0},
     },
 }
@@ -203,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run, print the table and write the outputs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    parser.add_argument("--only", help="comma-separated workload numbers (0-6)")
+    parser.add_argument("--only", help="comma-separated workload numbers (0-7)")
     parser.add_argument("--out", type=Path, help="directory for latest.json and bench.png")
     args = parser.parse_args(argv)
     workloads = sorted(WORKLOADS) if not args.only else [int(w) for w in args.only.split(",")]

@@ -1,12 +1,22 @@
 """The timer table: timers by (worker, scope), in deadline order, on the monotonic clock.
 
-Each worker holds a dict of its armed timers by scope; every armed timer is also an
-entry ``(deadline, seq, request)`` in one binary heap. Re-arming or releasing leaves
-the old heap entry in place (lazy deletion: an entry is live only while its worker's
-dict still holds that very tuple); the heap is rebuilt when stale entries outnumber
-live ones by more than :data:`COMPACT_SLACK`. A change costs O(log n), taking the k
-expired timers O(k log n). Expired timers move to the worker's ``expired`` dict
-until the worker is reaped and cleared.
+The table keeps no request object. A timer is a *slot* in its worker's columns:
+``scopes`` (the scope string), ``deadlines`` and ``expirations`` (packed doubles) and
+``shapes`` (a tuple ``(signal, start_time, thread_id, has_deadline)`` shared by every
+timer of the worker that looks the same). Its *key* is one int,
+``quantum << 56 | worker number << 32 | slot`` where ``quantum`` is the deadline in
+whole microseconds: the worker's dict ``timers`` maps the scope to the key, and the
+same int object sits in one binary heap of keys, so ordering by key orders by
+deadline. Requests are rebuilt, equal to the ones armed, only when asked for (a
+request armed by another deadline than its own, which the server does for a worker in
+another time namespace, has its own kept in ``skewed``).
+
+Re-arming or releasing leaves the old key in the heap (lazy deletion: a key is live
+only while its worker's ``timers`` holds that very object); the heap is rebuilt when
+stale keys outnumber live ones by more than :data:`COMPACT_SLACK`. A change costs
+O(log n), taking the k expired timers O(k log n), a query for the timers due by a
+deadline O(k) plus the stale keys met. Expired timers move to the worker's
+``expired`` dict (their slots kept) until released or the worker is dropped.
 
 Not thread-safe: the server serializes every call with its lock.
 """
@@ -14,32 +24,154 @@ Not thread-safe: the server serializes every call with its lock.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+import math
+import sys
+from array import array
+from collections.abc import Callable, Iterator
+from heapq import heappush as _heappush
+from itertools import compress, repeat
+from operator import add, attrgetter, lshift, mul, or_, sub
+from typing import Any
 
 from timer_api import TimerRequest
 
 __all__ = ["COMPACT_SLACK", "Entry", "TimerTable", "Worker"]
 
-#: Stale heap entries tolerated beyond the number of live ones before a rebuild.
+#: Stale heap keys tolerated beyond the number of live ones before a rebuild.
 COMPACT_SLACK = 1024
 
-#: A heap entry: monotonic deadline, arming sequence number (breaks ties), request.
+#: A timer handed to the engine: monotonic deadline, its key (unique), the request.
 Entry = tuple[float, int, TimerRequest]
+
+#: What timers of one worker share: signal, start_time (or None), thread_id, has_deadline.
+Shape = tuple[Any, Any, Any, bool]
+
+_PID = attrgetter("worker_id")
+_SCOPE = attrgetter("scope_id")
+_EXPIRATION = attrgetter("expiration_time")
+_SIGNAL = attrgetter("signal")
+_START_TIME = attrgetter("start_time")
+_DEADLINE = attrgetter("deadline")
+_THREAD_ID = attrgetter("thread_id")
+_REAL = {int, float}
+
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_WORKER_BITS = 24
+_WORKER_MASK = (1 << _WORKER_BITS) - 1
+_QUANTUM_SHIFT = _SLOT_BITS + _WORKER_BITS
+#: Free slots from which a worker whose slots are all free gives its columns back.
+_SHRINK_FROM = 256
+#: Interned thread ids and shapes kept per worker before the cache starts over.
+_INTERN_LIMIT = 256
+
+
+def _quantum(deadline: float) -> int:
+    """Return ``deadline`` in whole microseconds (non-decreasing in ``deadline``)."""
+    try:
+        return int(deadline * 1e6)
+    except OverflowError:  # beyond ~1e302 s: the largest quantum a double holds
+        return int(math.copysign(sys.float_info.max, deadline))
+
+
+def _rebuild(
+    pid: int,
+    scopes: list[str | None],
+    shapes: list[Shape | None],
+    expirations: array[float],
+    deadlines: array[float],
+    holes: bool,
+) -> list[TimerRequest]:
+    """Return the requests of the used slots of these columns, in slot order."""
+    if holes:
+        used = [scope is not None for scope in scopes]
+        scopes = list(compress(scopes, used))
+        shapes = list(compress(shapes, used))
+        expirations = array("d", compress(expirations, used))
+        deadlines = array("d", compress(deadlines, used))
+    if not scopes:
+        return []
+    first = shapes[0]
+    assert first is not None
+    if shapes.count(first) != len(shapes):
+        out = []
+        for scope, shape, expiration, deadline in zip(
+            scopes, shapes, expirations, deadlines, strict=True
+        ):
+            assert shape is not None
+            signal, start_time, thread_id, has_deadline = shape
+            out.append(
+                TimerRequest(
+                    pid,
+                    scope,  # type: ignore[arg-type]
+                    expiration,
+                    signal,
+                    start_time,
+                    deadline if has_deadline else None,
+                    thread_id,
+                )
+            )
+        return out
+    signal, start_time, thread_id, has_deadline = first
+    return list(
+        map(
+            TimerRequest,
+            repeat(pid),
+            scopes,
+            expirations,
+            repeat(signal),
+            repeat(start_time),
+            deadlines if has_deadline else repeat(None),
+            repeat(thread_id),
+        )
+    )
 
 
 class Worker:
-    """One worker process: its pinned identity, armed timers and expired timers."""
+    """One worker process: its pinned identity and the columns of its timers."""
 
-    __slots__ = ("_threads", "expired", "pid", "start_time", "timers")
+    __slots__ = (
+        "_shapes",
+        "_threads",
+        "base",
+        "deadlines",
+        "expirations",
+        "expired",
+        "free",
+        "last_shape",
+        "number",
+        "pid",
+        "scopes",
+        "shapes",
+        "skewed",
+        "start_time",
+        "timers",
+    )
 
-    def __init__(self, pid: int, start_time: int) -> None:
+    def __init__(self, pid: int, start_time: int, number: int) -> None:
         self.pid = pid
         self.start_time = start_time
+        #: This worker's number in the table, and its place in each of its keys.
+        self.number = number
+        self.base = number << _SLOT_BITS
         self._threads: dict[int, int] = {}
-        #: Armed timers by scope; each value is also in the heap.
-        self.timers: dict[str, Entry] = {}
-        #: Timers past their deadline by scope, held until the worker is cleared.
-        self.expired: dict[str, Entry] = {}
+        self._shapes: dict[Shape, Shape] = {}
+        #: The shape of the timer armed last (most timers of a worker share it).
+        self.last_shape: Shape | None = None
+        #: Armed timers: scope -> key (the same int object is in the table's heap).
+        self.timers: dict[str, int] = {}
+        #: Timers past their deadline: scope -> key, held until released or dropped.
+        self.expired: dict[str, int] = {}
+        #: The columns, by slot; a free slot holds ``None`` in ``scopes``.
+        self.scopes: list[str | None] = []
+        self.deadlines = array("d")
+        self.expirations = array("d")
+        self.shapes: list[Shape | None] = []
+        #: Free slots, reused before the columns grow.
+        self.free: list[int] = []
+        #: The request's own deadline by slot, where the table keeps another one (the
+        #: server arms by the expiration time when the two disagree).
+        self.skewed: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self.timers) + len(self.expired)
@@ -49,25 +181,90 @@ class Worker:
         threads = self._threads
         shared = threads.get(ident)
         if shared is None:
-            if len(threads) >= 256:
+            if len(threads) >= _INTERN_LIMIT:
                 threads.clear()
             shared = threads[ident] = ident
         return shared
+
+    def shape(self, signal: Any, start_time: Any, thread_id: Any, has_deadline: bool) -> Shape:
+        """Return the one shared tuple for these per-timer fields."""
+        shape = (signal, start_time, thread_id, has_deadline)
+        shared = self._shapes.get(shape)
+        if shared is None:
+            if len(self._shapes) >= _INTERN_LIMIT:
+                self._shapes.clear()
+                self.last_shape = None
+            shared = self._shapes[shape] = shape
+        return shared
+
+    def request(self, slot: int) -> TimerRequest:
+        """Rebuild the request of the timer in ``slot``, equal to the one armed."""
+        scope = self.scopes[slot]
+        shape = self.shapes[slot]
+        assert scope is not None
+        assert shape is not None
+        signal, start_time, thread_id, has_deadline = shape
+        return TimerRequest(
+            self.pid,
+            scope,
+            self.expirations[slot],
+            signal,
+            start_time,
+            self.skewed.get(slot, self.deadlines[slot]) if has_deadline else None,
+            thread_id,
+        )
+
+    def requests(self) -> list[TimerRequest]:
+        """Rebuild the request of every timer held, armed or expired, in slot order."""
+        return self.columns()()
+
+    def columns(self) -> Callable[[], list[TimerRequest]]:
+        """Copy the columns (a few C copies); return what rebuilds their requests from the copy.
+
+        The rebuilding touches no state of the table, so it may run without the lock.
+        """
+        pid, holes = self.pid, bool(self.free)
+        scopes, shapes = list(self.scopes), list(self.shapes)
+        expirations, deadlines = array("d", self.expirations), array("d", self.deadlines)
+        for slot, deadline in self.skewed.items():
+            deadlines[slot] = deadline
+        return lambda: _rebuild(pid, scopes, shapes, expirations, deadlines, holes)
+
+    def _free_slot(self, slot: int) -> None:
+        self.scopes[slot] = None
+        if self.skewed:
+            self.skewed.pop(slot, None)
+        free = self.free
+        free.append(slot)
+        if len(free) >= _SHRINK_FROM and len(free) == len(self.scopes):
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """Give the columns back: every slot is free."""
+        self.scopes.clear()
+        self.shapes.clear()
+        del self.deadlines[:], self.expirations[:]
+        self.free.clear()
 
 
 class TimerTable:
     """Hold the workers and their timers; see the module docstring."""
 
-    __slots__ = ("_heap", "_holding", "_live", "_seq", "_workers")
+    __slots__ = ("_by_number", "_free_numbers", "_heap", "_holding", "_latest", "_live", "_workers")
 
     def __init__(self) -> None:
         self._workers: dict[int, Worker] = {}
-        self._heap: list[Entry] = []
-        self._seq = 0
-        #: Armed timers (each has exactly one live heap entry).
+        #: Workers by number (``None``: a free number). Number 0 is never used, so no
+        #: key is a small int that CPython shares between equal values.
+        self._by_number: list[Worker | None] = [None]
+        self._free_numbers: list[int] = []
+        self._heap: list[int] = []
+        #: Armed timers (each has exactly one live heap key).
         self._live = 0
         #: Pids of workers with expired timers.
         self._holding: set[int] = set()
+        #: No timer held has a deadline after this.
+        self._latest = -float("inf")
 
     @property
     def timers(self) -> int:
@@ -81,7 +278,7 @@ class TimerTable:
 
     @property
     def heap_size(self) -> int:
-        """Return the heap's length, stale entries included."""
+        """Return the heap's length, stale keys included."""
         return len(self._heap)
 
     def __len__(self) -> int:
@@ -98,7 +295,14 @@ class TimerTable:
 
     def add_worker(self, pid: int, start_time: int) -> Worker:
         """Start tracking worker ``(pid, start_time)``; it must not be known yet."""
-        worker = self._workers[pid] = Worker(pid, start_time)
+        if self._free_numbers:
+            number = self._free_numbers.pop()
+        else:
+            number = len(self._by_number)
+            if number > _WORKER_MASK:
+                raise OverflowError(f"more than {_WORKER_MASK} workers at once")
+            self._by_number.append(None)
+        worker = self._workers[pid] = self._by_number[number] = Worker(pid, start_time, number)
         return worker
 
     def drop_worker(self, pid: int) -> Worker | None:
@@ -106,24 +310,231 @@ class TimerTable:
         worker = self._workers.pop(pid, None)
         if worker is None:
             return None
+        self._by_number[worker.number] = None
+        self._free_numbers.append(worker.number)
         self._live -= len(worker.timers)
         self._holding.discard(pid)
         self._maybe_compact()
         return worker
 
     def arm(self, worker: Worker, scope: str, deadline: float, request: TimerRequest) -> None:
-        """Arm or re-arm ``worker``'s timer ``scope`` to expire at ``deadline`` (monotonic)."""
-        self._seq += 1
-        entry = (deadline, self._seq, request)
+        """Arm or re-arm ``worker``'s timer ``scope`` to expire at ``deadline`` (monotonic).
+
+        Keeps the values ``request`` holds (its expiration time, signal, start time,
+        thread, whether it carried a deadline), not the request itself.
+        """
+        shape = worker.last_shape
+        signal = request.signal
+        thread_id = request.thread_id
+        own_deadline = request.deadline
+        has_deadline = own_deadline is not None
+        if (
+            shape is None
+            or shape[3] is not has_deadline
+            or shape[0] != signal
+            or shape[2] != thread_id
+            or (shape[1] is None) is not (request.start_time is None)
+        ):
+            shape = worker.last_shape = worker.shape(
+                signal,
+                None if request.start_time is None else worker.start_time,
+                None if thread_id is None else worker.thread_id(thread_id),
+                has_deadline,
+            )
+        try:  # before any change: a NaN deadline raises here
+            quantum = int(deadline * 1e6)
+        except OverflowError:
+            quantum = _quantum(deadline)
         timers = worker.timers
-        if scope in timers:
-            timers[scope] = entry
-            heapq.heappush(self._heap, entry)
-            self._maybe_compact()
-        else:
+        old = timers.get(scope)
+        if old is None:
             self._live += 1
-            timers[scope] = entry
-            heapq.heappush(self._heap, entry)
+            free = worker.free
+            if free:
+                slot = free.pop()
+                worker.scopes[slot] = scope
+                worker.shapes[slot] = shape
+                worker.deadlines[slot] = deadline
+                worker.expirations[slot] = request.expiration_time
+            else:
+                slot = len(worker.scopes)
+                worker.scopes.append(scope)
+                worker.shapes.append(shape)
+                worker.deadlines.append(deadline)
+                worker.expirations.append(request.expiration_time)
+        else:
+            slot = old & _SLOT_MASK
+            worker.shapes[slot] = shape
+            worker.deadlines[slot] = deadline
+            worker.expirations[slot] = request.expiration_time
+        if own_deadline is not None and own_deadline != deadline:
+            worker.skewed[slot] = own_deadline
+        elif worker.skewed:
+            worker.skewed.pop(slot, None)
+        key = quantum << _QUANTUM_SHIFT | (worker.base | slot)
+        if deadline > self._latest:
+            self._latest = deadline
+        if key == old:
+            return
+        timers[scope] = key
+        _heappush(self._heap, key)
+        if old is not None and len(self._heap) > 2 * self._live + COMPACT_SLACK:
+            self._compact()
+
+    def arm_many(
+        self,
+        worker: Worker,
+        scopes: list[str],
+        deadlines: array[float],
+        expirations: array[float],
+        shape: Shape,
+    ) -> bool:
+        """Arm new timers ``scopes`` of ``worker`` at once, all of one ``shape``; see :meth:`arm`.
+
+        Changes nothing and returns ``False`` unless every scope is distinct and
+        ``worker`` holds none of them yet (armed or expired): the caller then arms
+        them one by one. ``deadlines`` (monotonic, finite) and ``expirations``
+        match ``scopes`` item by item; ``shape`` comes from :meth:`Worker.shape`.
+        """
+        n = len(scopes)
+        if not n:
+            return True
+        start = len(worker.scopes)
+        low = worker.base | start
+        quanta = map(int, map(mul, deadlines, repeat(1e6)))
+        try:  # each quantum is freed as soon as its key is made
+            keys = list(map(or_, map(lshift, quanta, repeat(_QUANTUM_SHIFT)), range(low, low + n)))
+        except OverflowError:  # a deadline beyond ~1e302 s: leave it to arm()
+            return False
+        fresh = dict(zip(scopes, keys, strict=True))
+        timers = worker.timers
+        if (
+            len(fresh) != n
+            or not timers.keys().isdisjoint(fresh)
+            or not worker.expired.keys().isdisjoint(fresh)
+        ):
+            return False
+        if len(timers) < n:  # the keys are disjoint: merge the smaller dict into the larger
+            fresh.update(timers)
+            worker.timers = fresh
+        else:
+            timers.update(fresh)
+        worker.scopes.extend(scopes)
+        worker.shapes.extend(repeat(shape, n))
+        worker.deadlines.extend(deadlines)
+        worker.expirations.extend(expirations)
+        self._live += n
+        latest = max(deadlines)
+        if latest > self._latest:
+            self._latest = latest
+        heap = self._heap
+        if n >= len(heap) // 8:
+            heap.extend(keys)
+            heapq.heapify(heap)
+        else:
+            for key in keys:
+                heapq.heappush(heap, key)
+        return True
+
+    @staticmethod
+    def may_arm_like(batch: list[TimerRequest]) -> bool:
+        """Tell, from a sample in O(1), whether :meth:`arm_like` could take ``batch[1:]``.
+
+        The middle and last requests must arm a timer of the first one's worker under
+        another scope; a batch that fails this (releases, re-arms, several workers)
+        costs nothing more.
+        """
+        head = batch[0]
+        try:
+            if head.expiration_time < 0:
+                return False
+            for other in (batch[len(batch) // 2], batch[-1]):
+                if (
+                    other.expiration_time < 0
+                    or other.worker_id != head.worker_id
+                    or other.scope_id == head.scope_id
+                ):
+                    return False
+        except Exception:  # not requests at all: the caller rejects them one by one
+            return False
+        return True
+
+    def arm_like(
+        self,
+        worker: Worker,
+        head: TimerRequest,
+        rest: list[TimerRequest],
+        offset: float,
+        tolerance: float = math.inf,
+    ) -> tuple[list[str], array[float]] | None:
+        """Arm ``rest`` at once if each request is like ``head``, armed as it is; else ``None``.
+
+        Like means: a request with the same pid, signal, start time and thread
+        as ``head`` (which the server accepted: the table holds a timer equal to it), a
+        ``str`` scope that ``worker`` does not hold yet and that no other request of
+        ``rest`` names, a finite, non-negative
+        ``int`` or ``float`` expiration time, and a finite deadline if and only if
+        ``head`` has one (``offset`` converts expiration times to monotonic deadlines
+        otherwise), within ``tolerance`` seconds of the converted expiration time. Checks cost a few passes over the batch in C, no Python code per
+        request. Returns the scopes armed and their deadlines; ``None`` changes nothing.
+        """
+        if type(head) is not TimerRequest or type(head.scope_id) is not str:
+            return None
+        key = worker.timers.get(head.scope_id)
+        if key is None or worker.request(key & _SLOT_MASK) != head:
+            return None  # head was not armed as it is
+        n = len(rest)
+        signal, start_time, thread_id = head.signal, head.start_time, head.thread_id
+        if type(signal) is bool:
+            return None
+        try:  # AttributeError: not a request; TypeError: an unhashable field
+            numbers = list(map(_EXPIRATION, rest))
+            if not set(map(type, numbers)) <= _REAL or min(numbers) < 0:
+                return None
+            if (
+                set(map(_PID, rest)) != {head.worker_id}
+                or set(map(_SIGNAL, rest)) != {signal}
+                or set(map(_START_TIME, rest)) != {start_time}
+                or set(map(_THREAD_ID, rest)) != {thread_id}
+                or (signal in (0, 1) and set(map(type, map(_SIGNAL, rest))) != {type(signal)})
+            ):
+                return None
+            scopes = list(map(_SCOPE, rest))
+            deadline_values = list(map(_DEADLINE, rest))
+        except (AttributeError, TypeError):
+            return None
+        if set(map(type, scopes)) != {str}:
+            return None
+        total = sum(numbers)
+        if not -math.inf < total < math.inf:
+            return None
+        expirations = array("d", numbers)
+        numbers = deadline_values
+        if head.deadline is None:
+            if numbers.count(None) != n:
+                return None
+            deadlines = array("d", map(add, expirations, repeat(offset)))
+            total = sum(deadlines)
+        else:
+            if not set(map(type, numbers)) <= _REAL:
+                return None
+            deadlines = array("d", numbers)
+            total = sum(numbers)
+        if not -math.inf < total < math.inf:
+            return None
+        if head.deadline is not None and tolerance < math.inf:
+            converted = map(add, expirations, repeat(offset))
+            if max(map(abs, map(sub, deadlines, converted))) > tolerance:
+                return None
+        shape = worker.shape(
+            signal,
+            None if start_time is None else worker.start_time,
+            None if thread_id is None else worker.thread_id(thread_id),
+            head.deadline is not None,
+        )
+        if not self.arm_many(worker, scopes, deadlines, expirations, shape):
+            return None
+        return scopes, deadlines
 
     def release(self, worker: Worker, scope: str) -> bool:
         """Release ``worker``'s timer ``scope``; return whether there was such a timer.
@@ -131,84 +542,153 @@ class TimerTable:
         The worker stays known (its identity was proved once, which costs /proc reads)
         until :meth:`drop_worker`, which the server calls once the process has exited.
         """
-        found = False
-        if worker.timers.pop(scope, None) is not None:
-            self._live -= 1
-            found = True
-        elif worker.expired.pop(scope, None) is not None:
-            found = True
+        key = worker.timers.pop(scope, None)
+        if key is None:
+            key = worker.expired.pop(scope, None)
+            if key is None:
+                return False
             if not worker.expired:
                 self._holding.discard(worker.pid)
-        if found:
-            self._maybe_compact()
-        return found
+        else:
+            self._live -= 1
+        slot = key & _SLOT_MASK  # what Worker._free_slot does, inline on this hot path
+        worker.scopes[slot] = None
+        if worker.skewed:
+            worker.skewed.pop(slot, None)
+        free = worker.free
+        free.append(slot)
+        if len(free) >= _SHRINK_FROM and len(free) == len(worker.scopes):
+            worker._shrink()
+        if len(self._heap) > 2 * self._live + COMPACT_SLACK:
+            self._compact()
+        return True
 
     def drop_expired(self, worker: Worker) -> int:
         """Drop ``worker``'s expired timers (its armed ones stay); return how many there were."""
         dropped = len(worker.expired)
+        for key in worker.expired.values():
+            worker._free_slot(key & _SLOT_MASK)
         worker.expired.clear()
         self._holding.discard(worker.pid)
         return dropped
 
-    def _is_live(self, entry: Entry) -> bool:
-        request = entry[2]
-        worker = self._workers.get(request.worker_id)
-        return worker is not None and worker.timers.get(request.scope_id) is entry
+    def _owner(self, key: int) -> Worker | None:
+        """Return the worker whose armed timer ``key`` is, or ``None`` if the key is stale."""
+        worker = self._by_number[(key >> _SLOT_BITS) & _WORKER_MASK]
+        if worker is None:
+            return None
+        slot = key & _SLOT_MASK
+        if slot >= len(worker.scopes):
+            return None
+        scope = worker.scopes[slot]
+        if scope is None or worker.timers.get(scope) is not key:
+            return None
+        return worker
 
     def next_deadline(self) -> float | None:
-        """Return the earliest armed deadline, dropping stale entries from the top."""
+        """Return the earliest armed deadline (to the microsecond), dropping stale keys from the top."""
         heap = self._heap
         while heap:
-            if self._is_live(heap[0]):
-                return heap[0][0]
+            worker = self._owner(heap[0])
+            if worker is not None:
+                return worker.deadlines[heap[0] & _SLOT_MASK]
             heapq.heappop(heap)
         return None
+
+    def expired_entries(self, worker: Worker) -> list[Entry]:
+        """Return ``worker``'s expired timers."""
+        return [self._entry(worker, key) for key in worker.expired.values()]
+
+    def armed_entries(self, worker: Worker) -> list[Entry]:
+        """Return ``worker``'s armed timers."""
+        return [self._entry(worker, key) for key in worker.timers.values()]
+
+    @staticmethod
+    def _entry(worker: Worker, key: int) -> Entry:
+        slot = key & _SLOT_MASK
+        return (worker.deadlines[slot], key, worker.request(slot))
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Move every armed timer with deadline <= ``now`` to its worker's expired timers; return them."""
         heap = self._heap
+        bound = (_quantum(now) + 1) << _QUANTUM_SHIFT
         out: list[Entry] = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            request = entry[2]
-            worker = self._workers.get(request.worker_id)
-            if worker is None or worker.timers.get(request.scope_id) is not entry:
+        later: list[int] = []
+        while heap and heap[0] < bound:
+            key = heapq.heappop(heap)
+            worker = self._owner(key)
+            if worker is None:
                 continue
-            del worker.timers[request.scope_id]
+            slot = key & _SLOT_MASK
+            if worker.deadlines[slot] > now:  # same microsecond, not due yet
+                later.append(key)
+                continue
+            scope = worker.scopes[slot]
+            assert scope is not None
+            del worker.timers[scope]
             self._live -= 1
-            worker.expired[request.scope_id] = entry
+            previous = worker.expired.get(scope)
+            if previous is not None:  # re-armed after it expired, and expired again
+                worker._free_slot(previous & _SLOT_MASK)
+            worker.expired[scope] = key
             self._holding.add(worker.pid)
-            out.append(entry)
+            out.append(self._entry(worker, key))
+        for key in later:
+            heapq.heappush(heap, key)
         return out
 
     def expired_by(self, deadline: float) -> dict[int, list[TimerRequest]]:
-        """Return every held timer with deadline <= ``deadline``, by pid; changes nothing.
+        """Return every held timer with deadline <= ``deadline``, by pid; changes nothing."""
+        return self.due(deadline)()
 
-        Walks only the part of the heap at or below ``deadline``: O(k) plus the stale
-        entries met there.
+    def due(self, deadline: float) -> Callable[[], dict[int, list[TimerRequest]]]:
+        """Return what gives :meth:`expired_by`'s answer, to call after releasing the lock.
+
+        When every timer is due, each worker's columns are copied now (a few C copies)
+        and its requests rebuilt from the copy by the returned function; otherwise
+        only the part of the heap at or below ``deadline`` is walked, now: O(k) plus
+        the stale keys met there.
         """
         out: dict[int, list[TimerRequest]] = {}
+        if deadline != deadline:  # NaN: nothing is due by it
+            return lambda: out
+        if not self._live and not self._holding:
+            self._latest = -float("inf")
+            return lambda: out
+        if deadline >= self._latest:
+            copies = [
+                (worker.pid, worker.columns())
+                for worker in self._workers.values()
+                if worker.timers or worker.expired
+            ]
+            return lambda: {pid: build() for pid, build in copies}
         for pid in self._holding:
-            for entry in self._workers[pid].expired.values():
-                if entry[0] <= deadline:
-                    out.setdefault(pid, []).append(entry[2])
+            worker = self._workers[pid]
+            for key in worker.expired.values():
+                slot = key & _SLOT_MASK
+                if worker.deadlines[slot] <= deadline:
+                    out.setdefault(pid, []).append(worker.request(slot))
         heap = self._heap
         size = len(heap)
+        bound = (_quantum(deadline) + 1) << _QUANTUM_SHIFT
         stack = [0] if size else []
         while stack:
             index = stack.pop()
-            entry = heap[index]
-            if entry[0] > deadline:
+            key = heap[index]
+            if key >= bound:
                 continue
-            if self._is_live(entry):
-                out.setdefault(entry[2].worker_id, []).append(entry[2])
+            owner = self._owner(key)
+            if owner is not None and owner.deadlines[key & _SLOT_MASK] <= deadline:
+                out.setdefault(owner.pid, []).append(owner.request(key & _SLOT_MASK))
             for child in (2 * index + 1, 2 * index + 2):
                 if child < size:
                     stack.append(child)
-        return out
+        return lambda: out
 
     def _maybe_compact(self) -> None:
-        heap = self._heap
-        if len(heap) > 2 * self._live + COMPACT_SLACK:
-            self._heap = [entry for entry in heap if self._is_live(entry)]
-            heapq.heapify(self._heap)
+        if len(self._heap) > 2 * self._live + COMPACT_SLACK:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [key for key in self._heap if self._owner(key) is not None]
+        heapq.heapify(self._heap)
