@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from timer_api import TimerRequest
+from timer_api import MAX_SCOPE_LENGTH, TimerRequest
 from timer_watchdog import Armed, Rejected, WatchdogPolicy, WatchdogServer
 from timer_watchdog._server import BULK_MIN
 from timer_watchdog._table import TimerTable
@@ -79,6 +79,8 @@ def _odd(child: Any, kind: str) -> Any:
         request.signal = False
     elif kind == "int scope":
         request.scope_id = 5
+    elif kind == "long scope":
+        request.scope_id = "x" * (MAX_SCOPE_LENGTH + 1)
     elif kind == "nan expiration":
         request.expiration_time = math.nan
     elif kind == "str expiration":
@@ -114,6 +116,7 @@ def _odd(child: Any, kind: str) -> Any:
         "bad signal",
         "bool signal",
         "int scope",
+        "long scope",
         "nan expiration",
         "str expiration",
         "no deadline",

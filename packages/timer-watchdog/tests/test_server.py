@@ -280,13 +280,14 @@ def _bad_requests(dead_pid: int, live_pid: int, live_start: int) -> list[tuple[o
         (TimerRequest(live_pid, "s", "soon"), RejectReason.WRONG_TYPE),  # type: ignore[arg-type]
         (TimerRequest(live_pid, 5, now), RejectReason.WRONG_TYPE),  # type: ignore[arg-type]
         (TimerRequest(live_pid, "s", now, signal=99), RejectReason.OUT_OF_RANGE),
+        (TimerRequest(live_pid, "s" * 2049, now), RejectReason.OUT_OF_RANGE),
         (TimerRequest(live_pid, "s", now, start_time=live_start + 7), RejectReason.PID_REUSED),
         ("not a request", RejectReason.WRONG_OBJECT),
     ]
 
 
 class TestBadInput:
-    @pytest.mark.parametrize("index", range(15))
+    @pytest.mark.parametrize("index", range(16))
     def test_bad_request_is_rejected_and_the_batch_survives(self, make_server, spawn, index):
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()

@@ -29,7 +29,7 @@ from ._errors import InvalidRequestError, RejectReason, TimerExpired
 from ._expires import configure, expires
 from ._procfs import process_start_time, process_stat
 from ._queue import RequestQueue
-from ._request import TimerRequest
+from ._request import MAX_SCOPE_LENGTH, TimerRequest
 from ._server import TimerServer
 from ._stacks import (
     DEFAULT_STACK_SIGNAL,
@@ -45,6 +45,7 @@ __all__ = [
     "FALLBACK_SIGNAL",
     "DEFAULT_STACK_SIGNAL",
     "MAX_REQUEST_BYTES",
+    "MAX_SCOPE_LENGTH",
     "STACKS_DIR_ENV",
     "STACK_SIGNAL_ENV",
     "InvalidRequestError",

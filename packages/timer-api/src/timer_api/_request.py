@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["TimerRequest"]
+__all__ = ["MAX_SCOPE_LENGTH", "TimerRequest"]
 
 _FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
 
@@ -18,7 +18,10 @@ Pid = Annotated[int, msgspec.Meta(gt=0, le=PID_T_MAX)]
 Seconds = Annotated[float, _FINITE]
 #: A signal number (1 to 64), or 0 or less for "observe only" (torch's meaning).
 SignalNumber = Annotated[int, msgspec.Meta(ge=-PID_T_MAX - 1, le=64)]
-ScopeId = Annotated[str, msgspec.Meta(max_length=2048)]
+#: Longest ``scope_id`` a server accepts, in characters.
+MAX_SCOPE_LENGTH = 2048
+
+ScopeId = Annotated[str, msgspec.Meta(max_length=MAX_SCOPE_LENGTH)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 WireVersion = Annotated[int, msgspec.Meta(ge=1, le=1)]
 

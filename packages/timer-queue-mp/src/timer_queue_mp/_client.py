@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from timer_api import (
     MAX_REQUEST_BYTES,
+    MAX_SCOPE_LENGTH,
     InvalidRequestError,
     RejectReason,
     TimerClient,
@@ -24,8 +25,6 @@ from timer_api import (
 __all__ = ["LocalTimerClient"]
 
 _MAX_SECONDS = sys.float_info.max
-#: The longest ``scope_id`` that ``timer_api.TimerRequest`` accepts on decode.
-_MAX_SCOPE = 2048
 _MAX_SIGNAL = 64
 
 # (pid, start time) of this process, read once and again only after a fork.
@@ -76,7 +75,7 @@ class LocalTimerClient(TimerClient):
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
         """Arm (or re-arm) timer ``scope_id`` to expire at ``expiration_time`` (``time.time()``)."""
-        if type(scope_id) is not str or len(scope_id) > _MAX_SCOPE:
+        if type(scope_id) is not str or len(scope_id) > MAX_SCOPE_LENGTH:
             _refuse_scope(scope_id)
         if not -_MAX_SECONDS <= expiration_time <= _MAX_SECONDS:
             raise ValueError(f"expiration_time must be a finite number, got {expiration_time!r}")
@@ -99,7 +98,7 @@ class LocalTimerClient(TimerClient):
 
     def release(self, scope_id: str) -> None:
         """Release timer ``scope_id`` of this process."""
-        if type(scope_id) is not str or len(scope_id) > _MAX_SCOPE:
+        if type(scope_id) is not str or len(scope_id) > MAX_SCOPE_LENGTH:
             _refuse_scope(scope_id)
         pid = _getpid()
         start = _identity[1] if _identity[0] == pid else _start_time(pid)
@@ -113,7 +112,7 @@ def _refuse_scope(scope_id: object) -> NoReturn:
     """Refuse a scope the server would reject, at the caller rather than silently later."""
     if type(scope_id) is not str:
         raise TypeError(f"scope_id must be a str, got {type(scope_id).__name__}")
-    raise ValueError(f"scope_id is {len(scope_id)} characters long, limit {_MAX_SCOPE}")
+    raise ValueError(f"scope_id is {len(scope_id)} characters long, limit {MAX_SCOPE_LENGTH}")
 
 
 def _refuse_size(data: bytes) -> NoReturn:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from timer_api import (
+    MAX_SCOPE_LENGTH,
     InvalidRequestError,
     RejectReason,
     RequestQueue,
@@ -67,13 +68,20 @@ _COUNTERS = (
 
 def _check_scope_and_signal(scope: object, signum: object) -> None:
     """Raise the ``InvalidRequestError`` that a bad ``scope_id`` or ``signal`` deserves."""
-    if type(scope) is not str or not isinstance(signum, int) or isinstance(signum, bool):
+    if type(scope) is not str or (
+        signum is not None and (not isinstance(signum, int) or isinstance(signum, bool))
+    ):
         raise InvalidRequestError(
             RejectReason.WRONG_TYPE,
             f"scope_id {type(scope).__name__}, signal {type(signum).__name__}",
         )
-    if signum > 64:
+    if signum is not None and signum > 64:
         raise InvalidRequestError(RejectReason.OUT_OF_RANGE, f"signal {signum} above 64")
+    if len(scope) > MAX_SCOPE_LENGTH:
+        raise InvalidRequestError(
+            RejectReason.OUT_OF_RANGE,
+            f"scope_id is {len(scope)} characters long, limit {MAX_SCOPE_LENGTH}",
+        )
 
 
 class WatchdogServer(TimerServer):
@@ -280,8 +288,10 @@ class WatchdogServer(TimerServer):
                                 f"deadline {deadline!r}, expiration_time {expiration!r}",
                             )
                         signum = request.signal
-                        if type(scope) is not str or (
-                            signum is not None and (type(signum) is not int or signum > 64)
+                        if (
+                            type(scope) is not str
+                            or len(scope) > MAX_SCOPE_LENGTH
+                            or (signum is not None and (type(signum) is not int or signum > 64))
                         ):
                             _check_scope_and_signal(scope, signum)
                         if worker is None or (

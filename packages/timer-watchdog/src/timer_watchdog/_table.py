@@ -33,7 +33,7 @@ from itertools import compress, repeat
 from operator import add, attrgetter, lshift, mul, or_, sub
 from typing import Any
 
-from timer_api import TimerRequest
+from timer_api import MAX_SCOPE_LENGTH, TimerRequest
 
 __all__ = ["COMPACT_SLACK", "Entry", "TimerTable", "Worker"]
 
@@ -503,7 +503,7 @@ class TimerTable:
             deadline_values = list(map(_DEADLINE, rest))
         except (AttributeError, TypeError):
             return None
-        if set(map(type, scopes)) != {str}:
+        if set(map(type, scopes)) != {str} or max(map(len, scopes)) > MAX_SCOPE_LENGTH:
             return None
         total = sum(numbers)
         if not -math.inf < total < math.inf:
