@@ -26,12 +26,15 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 WireVersion = Annotated[int, msgspec.Meta(ge=1, le=1)]
 
 
-class TimerRequest(msgspec.Struct):
+class TimerRequest(msgspec.Struct, gc=False):
     """Arm, re-arm or release the timer ``scope_id`` of worker ``worker_id``.
 
     The first three fields and their order are those of
     ``torch.distributed.elastic.timer.TimerRequest``; the rest are optional
-    extensions that old peers ignore. Instances compare by value.
+    extensions that old peers ignore. Instances compare by value. They hold only
+    numbers, strings and ``None``, so they are not tracked by the garbage collector
+    (``gc=False``): building many (a server answering ``get_expired_timers``) costs
+    no collections.
 
     Fields:
         worker_id: pid of the worker process (``"pid"`` on the wire).
