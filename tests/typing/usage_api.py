@@ -82,8 +82,8 @@ def use() -> None:
             pid: int = item.worker_id
             assert pid
     start: int | None = timer_api.process_start_time(os.getpid())
-    stat: tuple[str, int] | None = timer_api.process_stat(os.getpid())
-    assert stat is None or stat[1] == start
+    stat: timer_api.ProcessStat | None = timer_api.process_stat(os.getpid())
+    assert stat is None or (stat.start_time == start and stat.ppid >= 0 and stat.pgid > 0)
     if start is not None:
         path: str = timer_api.stack_dump_path("/tmp", os.getpid(), start)
         assert path

@@ -92,7 +92,12 @@ class TestGoneProcess:
 
 class TestProcessStat:
     def test_self_is_running_with_its_start_time(self):
-        assert process_stat(os.getpid()) == ("R", process_start_time(os.getpid()))
+        assert process_stat(os.getpid()) == (
+            "R",
+            process_start_time(os.getpid()),
+            os.getppid(),
+            os.getpgrp(),
+        )
 
     def test_sleeping_child(self, child):
         # After printing "up" the child still runs for a moment before it blocks reading its
@@ -100,9 +105,10 @@ class TestProcessStat:
         deadline = time.monotonic() + 20
         while process_stat(child.pid)[0] != "S" and time.monotonic() < deadline:
             time.sleep(0.01)
-        state, start_time = process_stat(child.pid)
-        assert state == "S"
-        assert start_time == process_start_time(child.pid)
+        stat = process_stat(child.pid)
+        assert stat.state == "S"
+        assert stat.start_time == process_start_time(child.pid)
+        assert (stat.ppid, stat.pgid) == (os.getpid(), os.getpgid(child.pid))
 
     def test_unreaped_child_is_a_zombie(self):
         proc = subprocess.Popen([sys.executable, "-c", "pass"])

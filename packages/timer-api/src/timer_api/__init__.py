@@ -27,7 +27,7 @@ from ._codec import (
 )
 from ._errors import InvalidRequestError, RejectReason, TimerExpired
 from ._expires import configure, expires
-from ._procfs import process_start_time, process_stat
+from ._procfs import ProcessStat, process_start_time, process_stat
 from ._queue import RequestQueue
 from ._request import MAX_SCOPE_LENGTH, TimerRequest
 from ._server import TimerServer
@@ -50,6 +50,7 @@ __all__ = [
     "STACK_SIGNAL_ENV",
     "InvalidRequestError",
     "LineDecoder",
+    "ProcessStat",
     "RejectReason",
     "RequestQueue",
     "TimerClient",

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-__all__ = ["process_start_time", "process_stat"]
+from typing import NamedTuple
+
+__all__ = ["ProcessStat", "process_start_time", "process_stat"]
 
 
-def process_stat(pid: int) -> tuple[str, int] | None:
-    """Return ``(state, start_time)`` of process ``pid`` from ``/proc/<pid>/stat``, or ``None`` if gone.
+class ProcessStat(NamedTuple):
+    """The fields of ``/proc/<pid>/stat`` that the timer packages use."""
 
-    ``state`` is the one-letter state (``R``, ``S``, ``D``, ``Z``, ...); ``start_time``
-    is field 22, in clock ticks after boot.
+    #: One-letter state (``R``, ``S``, ``D``, ``T``, ``Z``, ...).
+    state: str
+    #: Field 22: start time in clock ticks after boot.
+    start_time: int
+    #: Parent pid.
+    ppid: int
+    #: Process group id.
+    pgid: int
+
+
+def process_stat(pid: int) -> ProcessStat | None:
+    """Return the state, start time, parent and group of process ``pid``, or ``None`` if gone.
+
+    Read from ``/proc/<pid>/stat``, the one place the packages read it.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
@@ -21,7 +35,9 @@ def process_stat(pid: int) -> tuple[str, int] | None:
     # Empty or cut short when the process vanished while the file was read.
     if len(fields) <= 19:
         return None
-    return fields[0].decode("ascii", "replace"), int(fields[19])
+    return ProcessStat(
+        fields[0].decode("ascii", "replace"), int(fields[19]), int(fields[1]), int(fields[2])
+    )
 
 
 def process_start_time(pid: int) -> int | None:

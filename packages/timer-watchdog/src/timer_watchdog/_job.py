@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from timer_api import process_start_time
+from timer_api import process_start_time, process_stat
 
 from ._handlers import handling
 from ._summary import signal_name
@@ -95,21 +95,10 @@ def _children() -> list[int]:
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            stat = _stat_fields(int(name))
-            if stat is not None and stat[1] == me:
+            stat = process_stat(int(name))
+            if stat is not None and stat.ppid == me:
                 found.append(int(name))
     return found
-
-
-def _stat_fields(pid: int) -> tuple[str, int, int] | None:
-    """Return ``(state, ppid, pgid)`` of ``pid`` from ``/proc/<pid>/stat``, or ``None``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            raw = file.read()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
 
 
 class Job:
@@ -272,8 +261,8 @@ class Job:
             return True
         own_group = os.getpgrp()
         for pid in _children():
-            stat = _stat_fields(pid)
-            if stat is not None and stat[0] not in "ZXx" and stat[2] != own_group:
+            stat = process_stat(pid)
+            if stat is not None and stat.state not in "ZXx" and stat.pgid != own_group:
                 return True
         return False
 
@@ -289,8 +278,8 @@ class Job:
         for pid in _children():
             if pid == command:
                 continue
-            stat = _stat_fields(pid)
-            if stat is None or stat[0] not in "Zz" or stat[2] == own_group:
+            stat = process_stat(pid)
+            if stat is None or stat.state not in "Zz" or stat.pgid == own_group:
                 continue
             try:
                 os.waitpid(pid, os.WNOHANG)

@@ -117,7 +117,8 @@ class Procfs:
 
     def stat(self, pid: int) -> tuple[str, int] | None:
         """Return ``(state, start_time)`` of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if gone."""
-        return process_stat(pid)
+        stat = process_stat(pid)
+        return None if stat is None else (stat.state, stat.start_time)
 
     def status(self, pid: int) -> ProcStatus | None:
         """Return the state, uids and caught signals of ``pid``, or ``None`` if it is gone."""
@@ -169,13 +170,8 @@ class Procfs:
 
     def parent(self, pid: int) -> int | None:
         """Return the parent pid of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if it is gone."""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as file:
-                data = file.read()
-        except OSError:
-            return None
-        fields = data[data.rfind(b")") + 2 :].split()
-        return int(fields[1]) if len(fields) > 1 else None
+        stat = process_stat(pid)
+        return None if stat is None else stat.ppid
 
     def descends_from(self, pid: int, root: int) -> bool:
         """Tell whether ``pid`` is ``root`` or one of its descendants (walks the parent chain)."""
