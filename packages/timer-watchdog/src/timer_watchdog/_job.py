@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
 
@@ -26,6 +25,7 @@ from timer_api import process_start_time, process_stat
 
 from ._handlers import handling
 from ._summary import signal_name
+from ._wakeup import Wakeup
 
 __all__ = ["FORWARDED_SIGNALS", "Job", "become_subreaper", "exit_status"]
 
@@ -112,7 +112,7 @@ class Job:
         self.command = command
         self._env = env
         self._note = note
-        self._wake = threading.Event()
+        self._wake = Wakeup()
         self._received: list[int] = []
         self._proc: subprocess.Popen[bytes] | None = None
         #: The exit status of COMMAND (``128 + N`` for signal N), once it has exited.
@@ -143,6 +143,7 @@ class Job:
     def __exit__(self, *exc: object) -> None:
         assert self._handlers is not None
         self._handlers.close()
+        self._wake.close()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._received.append(signum)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from types import FrameType
 
@@ -17,6 +16,7 @@ from ._run import finish_reaps
 from ._sdnotify import Notifier, Supervisor
 from ._summary import format_summary, signal_name
 from ._transports import load
+from ._wakeup import Wakeup
 
 __all__ = ["EXIT_BROKEN", "EXIT_STOPPED", "STOP_SIGNALS", "serve"]
 
@@ -41,7 +41,7 @@ def serve(options: Options) -> int:
     except OSError as exc:
         raise CommandError(f"cannot serve --path {args.path}: {exc}") from None
     started = time.monotonic()
-    stop = threading.Event()
+    stop = Wakeup()  # set by a signal handler: never a lock (see _wakeup)
     received: list[int] = []
     problem: str | None = None
     try:
@@ -82,6 +82,7 @@ def serve(options: Options) -> int:
                 exporter.close()
         stats = server.stats()
     finally:
+        stop.close()
         transport.close()
     if problem is not None:
         status, stopped = EXIT_BROKEN, problem
