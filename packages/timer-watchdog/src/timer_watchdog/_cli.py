@@ -1,9 +1,9 @@
 """The ``timer-watchdog`` command: build the argument parser and dispatch to a subcommand.
 
-Each subcommand is one ``_add_<name>`` function below: it adds its parser and sets
-``handler`` (called with the checked :class:`Options`, returns the exit status) and,
-if the arguments need a check before anything is opened, ``check``. The subcommands
-themselves live in their own modules, below this one.
+Each subcommand is one ``_add_<name>`` function below, listed in ``_SUBCOMMANDS``: it
+adds its parser and sets ``handler``, called with the parsed arguments and returning
+the exit status. The subcommands themselves live in their own modules, below this
+one; a handler raises :class:`CommandError` for an error the user can fix.
 """
 
 from __future__ import annotations
@@ -214,17 +214,18 @@ def _add_run(commands: argparse._SubParsersAction[_Parser], common: _Parser, as_
     _metrics_options(parser, http=False)
     add_progress_options(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the job to run, after '--'")
-    parser.set_defaults(handler=run, check=_check_command)
+    parser.set_defaults(handler=_run)
 
 
-def _check_command(args: argparse.Namespace) -> None:
-    """Drop the ``--`` before COMMAND; raise :class:`CommandError` if there is no COMMAND."""
+def _run(args: argparse.Namespace) -> int:
+    """Check that there is a COMMAND (after ``--``), then run it under a watchdog."""
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise CommandError(f"a COMMAND is needed, after '--' (see {PROG} run --help)")
     args.command = command
+    return _with_options(args, run)
 
 
 def _add_serve(
@@ -248,7 +249,21 @@ def _add_serve(
         "e.g. --path /run/train/timer.pipe",
     )
     _metrics_options(parser, http=True)
-    parser.set_defaults(handler=serve)
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the pipe until stopped."""
+    return _with_options(args, serve)
+
+
+def _with_options(args: argparse.Namespace, command: Callable[[Options], int]) -> int:
+    """Check the watchdog options, run ``command`` with them, then close what they opened."""
+    options = Options(args)
+    try:
+        return command(options)
+    finally:
+        options.close()
 
 
 #: The subcommands, in the order ``--help`` lists them.
@@ -300,20 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = _wants_json(argv)
     args = build_parser(as_json=as_json).parse_args(argv)
     prog = f"{PROG} {args.command_name}"
-    handler: Callable[[Options], int] = args.handler
-    check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
-    with logging_to_stderr(as_json=args.json, verbose=args.verbose):
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    # A subcommand without the watchdog options logs as --json says, at warning level.
+    logs_json = bool(getattr(args, "json", as_json))
+    verbose = bool(getattr(args, "verbose", False))
+    with logging_to_stderr(as_json=logs_json, verbose=verbose):
         try:
-            if check is not None:
-                check(args)
-            options = Options(args)
-        except CommandError as exc:
-            fail(prog, str(exc), exc.status, as_json=as_json)
-        try:
-            return handler(options)
+            return handler(args)
         except CommandError as exc:
             fail(prog, str(exc), exc.status, as_json=as_json)
         except (TransportError, MetricsError) as exc:
             fail(prog, str(exc), USAGE_ERROR, as_json=as_json)
-        finally:
-            options.close()
