@@ -31,9 +31,9 @@ from ._events import (
     decode_event,
     encode_event,
 )
-from ._forensics import parse_faulthandler, parse_py_spy
-from ._policy import TERMINATING_SIGNALS, WatchdogPolicy, is_terminating
+from ._policy import TERMINATING_SIGNALS, WatchdogPolicy
 from ._server import WatchdogServer
+from ._transports import Transport
 
 __all__ = [
     "TERMINATING_SIGNALS",
@@ -48,6 +48,7 @@ __all__ = [
     "Rejected",
     "Released",
     "Signalled",
+    "Transport",
     "Unkillable",
     "WatchdogPolicy",
     "WatchdogServer",
@@ -55,7 +56,4 @@ __all__ = [
     "__version__",
     "decode_event",
     "encode_event",
-    "is_terminating",
-    "parse_faulthandler",
-    "parse_py_spy",
 ]

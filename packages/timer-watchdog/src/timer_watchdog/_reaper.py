@@ -26,6 +26,8 @@ import logging
 import signal as _signal
 from collections.abc import Callable
 
+from timer_api import signal_name
+
 from ._events import Event, Exited, Frame, Reaped, Signalled, Unkillable
 from ._forensics import PySpy, StackRequest
 from ._policy import WatchdogPolicy, is_terminating
@@ -43,14 +45,6 @@ FIRST_POLL = 0.002
 MAX_POLL = 0.05
 
 _NEW, _STACK, _FIRST, _GRACE, _CONFIRM = range(5)
-
-
-def signal_name(signum: int) -> str:
-    """Return ``SIGTERM`` for 15, or the number as text for a signal without a name."""
-    try:
-        return _signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
 
 
 class Reap:

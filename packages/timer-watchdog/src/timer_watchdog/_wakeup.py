@@ -22,6 +22,12 @@ class Wakeup:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
 
+    def __enter__(self) -> Wakeup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def set(self) -> None:
         """Wake the waiter; safe in a signal handler."""
         if self._write >= 0:
