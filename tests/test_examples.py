@@ -209,9 +209,9 @@ class Run:
         self._reader.start()
 
     def _read(self) -> None:
-        stream = self.process.stdout
-        assert stream is not None
-        for chunk in iter(lambda: stream.read1(65536), b""):
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
             with self._lock:
                 self.output += chunk.decode(errors="replace")
 
