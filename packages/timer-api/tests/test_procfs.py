@@ -85,7 +85,11 @@ class TestGoneProcess:
         assert proc.wait(timeout=20) == 0
         assert process_start_time(proc.pid) is None
 
-    @pytest.mark.parametrize("pid", [0, -1, -os.getpid(), 2**22 + 1, 2**31 - 1])
+    @pytest.mark.parametrize(
+        "pid",
+        [0, -1, -os.getpid(), 2**22 + 1, 2**31 - 1],
+        ids=["zero", "minus_one", "minus_own_pid", "above_pid_max", "int_max"],
+    )
     def test_pid_that_names_no_process(self, pid):
         assert process_start_time(pid) is None
 

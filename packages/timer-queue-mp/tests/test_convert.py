@@ -96,6 +96,8 @@ class TestRejected:
             (PID, "s", "1.0"),
             (PID, "s", None),
         ],
+        ids=["pid-str", "pid-bool", "pid-float", "pid-object", "scope-int", "scope-bytes"]
+        + ["expiration-str", "expiration-none"],
     )
     def test_torch_style_object_of_wrong_types(
         self, worker_id: Any, scope_id: Any, expiration: Any
@@ -128,6 +130,7 @@ class TestValuesAreTheServersToCheck:
     @pytest.mark.parametrize(
         ("worker_id", "expiration"),
         [(0, 0), (-5, 1.0), (2**70, 1.0), (PID, math.inf), (PID, -1)],
+        ids=["pid-0", "pid-negative", "pid-huge", "expiration-inf", "release"],
     )
     def test_torch_style_object_keeps_its_values(self, worker_id: int, expiration: float) -> None:
         legacy = types.SimpleNamespace(

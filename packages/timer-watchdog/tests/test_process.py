@@ -53,7 +53,11 @@ class TestProcfs:
 
 
 class TestTarget:
-    @pytest.mark.parametrize("pid", [1, 0, -1, os.getpid(), os.getpgrp()])
+    @pytest.mark.parametrize(
+        "pid",
+        [1, 0, -1, os.getpid(), os.getpgrp()],
+        ids=["init", "zero", "minus_one", "own_pid", "own_group"],
+    )
     def test_protected_pids_are_refused(self, pid):
         assert is_protected(pid)
         with pytest.raises(ProtectedProcess):
