@@ -21,7 +21,7 @@ from timer_api import (
 )
 
 LONG = 3600.0  # a max_interval no test may wait out
-BOUND = 20.0  # generous upper bound for anything a test waits for
+BOUND = 60.0  # generous upper bound for anything a test waits for
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = BOUND) -> bool:

@@ -23,7 +23,7 @@ from timer_api import (
     stack_dump_path,
 )
 
-BOUND = 20.0
+BOUND = 60.0
 
 
 def run_worker(body: str, tmp_path, env: dict[str, str] | None = None) -> str:

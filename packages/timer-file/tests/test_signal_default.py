@@ -15,7 +15,7 @@ from timer_api import TimerRequest, process_start_time
 from timer_file import FileTimerServer
 from timer_watchdog import Expired, Signalled, WatchdogPolicy
 
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 #: A worker configured as docs/operations.md shows; on SIGTERM it checkpoints and stays hung.
 WORKER = """

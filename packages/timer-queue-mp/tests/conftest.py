@@ -16,7 +16,7 @@ from timer_queue_mp import LocalTimerServer
 #: The worker body, run with runpy so that every start method can start it.
 WORKER = str(Path(__file__).with_name("worker.py"))
 #: The longest any test waits for something to happen.
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 
 def _start_worker(

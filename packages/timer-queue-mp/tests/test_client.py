@@ -22,7 +22,7 @@ from timer_api import (
 )
 from timer_queue_mp import LocalTimerClient
 
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 
 def take(queue: Any) -> TimerRequest:

@@ -20,7 +20,7 @@ from timer_queue_mp._pipe import _framing_is_known
 from timer_queue_mp._queue import WAKE_TOKEN
 
 FORK = multiprocessing.get_context("fork")
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 
 def wait_for(condition: Callable[[], bool]) -> bool:

@@ -17,7 +17,7 @@ from timer_api import RejectReason, TimerRequest, encode_msgpack, process_start_
 from timer_queue_mp import LocalTimerServer, MultiprocessingRequestQueue
 from timer_watchdog import Event, Expired, Rejected, WatchdogPolicy, WatchdogServer
 
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 Start = Callable[..., multiprocessing.process.BaseProcess]
 Serve = Callable[..., LocalTimerServer]

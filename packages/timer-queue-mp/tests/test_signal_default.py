@@ -14,7 +14,7 @@ from timer_api import TimerRequest, process_start_time
 from timer_queue_mp import LocalTimerClient, LocalTimerServer
 from timer_watchdog import Expired, Signalled, WatchdogPolicy
 
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 
 def _worker(queue: Any, checkpoint: str, kwargs: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from timer_queue_mp import LocalTimerServer, MultiprocessingRequestQueue
 from timer_watchdog import Event, Rejected
 
 FORK = multiprocessing.get_context("fork")
-PATIENCE = 30.0
+PATIENCE = 60.0
 
 Start = Callable[..., multiprocessing.process.BaseProcess]
 Serve = Callable[..., LocalTimerServer]

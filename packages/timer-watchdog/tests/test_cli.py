@@ -32,7 +32,7 @@ from timer_watchdog._options import signal_number as parse_signal
 from timer_watchdog._summary import EventLog, describe, format_summary
 from timer_watchdog._transports import ENTRY_POINT_GROUP, TransportError, available, load
 
-BOUND = 30.0
+BOUND = 60.0
 
 HUNG = [
     Armed(time=1.0, pid=42, scope_id="train.py#10", expires_in=2.0),

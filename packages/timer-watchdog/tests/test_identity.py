@@ -26,7 +26,7 @@ from timer_watchdog import (
     Signalled,
 )
 
-PATIENCE = 20.0
+PATIENCE = 60.0
 
 
 def _can_unshare(*flags: str) -> str | None:

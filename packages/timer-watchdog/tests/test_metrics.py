@@ -30,7 +30,7 @@ from timer_watchdog._metrics import (
     write_atomically,
 )
 
-PATIENCE = 15.0
+PATIENCE = 60.0
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 

@@ -34,7 +34,7 @@ from timer_watchdog._progress import (
 )
 
 #: Upper bound of every wait here; only reached when something is broken.
-PATIENCE = 30.0
+PATIENCE = 60.0
 
 
 def wait_until(condition, what: str, timeout: float = PATIENCE) -> None:

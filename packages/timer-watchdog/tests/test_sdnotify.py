@@ -15,7 +15,7 @@ import pytest
 from timer_watchdog import Armed
 from timer_watchdog._sdnotify import Notifier, Supervisor
 
-PATIENCE = 15.0
+PATIENCE = 60.0
 
 
 class FakeSystemd:

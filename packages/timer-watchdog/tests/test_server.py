@@ -31,7 +31,7 @@ from timer_watchdog import (
 )
 from timer_watchdog._process import Procfs
 
-PATIENCE = 15.0
+PATIENCE = 60.0
 
 
 class TestReaping:
