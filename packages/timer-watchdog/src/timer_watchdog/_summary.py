@@ -16,6 +16,7 @@ from ._events import (
     Exited,
     Expired,
     Frame,
+    JobSnapshot,
     Reaped,
     Rejected,
     Released,
@@ -273,6 +274,11 @@ def describe(event: Event) -> str:
             f"pid {event.pid}: timer {event.scope_id!r} has a monotonic deadline "
             f"{event.skew:+.3g}s off its wall-clock time (another time namespace?); "
             "armed by the wall clock"
+        )
+    if isinstance(event, JobSnapshot):
+        return (
+            f"job snapshot: {len(event.processes)} process(es) captured in "
+            f"{event.seconds:.2f}s before the first signal"
         )
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover - the union is closed
 
