@@ -26,8 +26,9 @@ from timer_watchdog import (
     WatchdogStats,
     decode_event,
 )
-from timer_watchdog._cli import build_parser, main, parse_signal
-from timer_watchdog._run import exit_status
+from timer_watchdog._cli import build_parser, main
+from timer_watchdog._job import exit_status
+from timer_watchdog._options import signal_number as parse_signal
 from timer_watchdog._summary import EventLog, describe, format_summary, signal_name
 from timer_watchdog._transports import ENTRY_POINT_GROUP, TransportError, available, load
 

@@ -1,32 +1,38 @@
-"""The ``timer-watchdog`` command: parse the arguments, check them, and run ``run`` or ``serve``."""
+"""The ``timer-watchdog`` command: build the argument parser and dispatch to a subcommand.
+
+Each subcommand is one ``_add_<name>`` function below: it adds its parser and sets
+``handler`` (called with the checked :class:`Options`, returns the exit status) and,
+if the arguments need a check before anything is opened, ``check``. The subcommands
+themselves live in their own modules, below this one.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import math
-import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
-from typing import IO, Any, NoReturn
-
-from timer_api import check_stack_directory
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from .__about__ import __version__
-from ._policy import WatchdogPolicy
+from ._metrics import MetricsError, parse_address
+from ._options import (
+    PROG,
+    USAGE_ERROR,
+    CommandError,
+    Options,
+    interval,
+    seconds,
+    signal_number,
+)
 from ._progress import add_options as add_progress_options
-from ._summary import EventLog
+from ._run import run
+from ._serve import serve
+from ._stderr import logging_to_stderr
 from ._transports import ENTRY_POINT_GROUP, TransportError, available
 
-__all__ = ["USAGE_ERROR", "CommandError", "Options", "fail", "main"]
-
-#: Exit status for bad arguments and unusable paths.
-USAGE_ERROR = 2
-
-PROG = "timer-watchdog"
+__all__ = ["build_parser", "fail", "main"]
 
 _DESCRIPTION = """\
 Kill the workers of a job whose timers expire, and show where they were stuck.
@@ -66,18 +72,6 @@ examples:
   {PROG} serve --path /run/train/timer.pipe --grace 30 --signal TERM --events -"""
 
 
-class CommandError(Exception):
-    """Raise for a bad argument, an unusable path or a COMMAND that cannot be started.
-
-    Printed as one error line (a JSON object with ``--json``); ``status`` is the exit
-    status (2 for bad arguments, 127/126 for a COMMAND not found/not executable).
-    """
-
-    def __init__(self, message: str, status: int = USAGE_ERROR) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def fail(prog: str, message: str, status: int, *, as_json: bool) -> NoReturn:
     """Print ``prog: error: message`` (or its JSON object) on stderr and exit with ``status``.
 
@@ -108,43 +102,12 @@ class _Parser(argparse.ArgumentParser):
         fail(self.prog, message, USAGE_ERROR, as_json=self.as_json)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _interval(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number of seconds > 0, got 0")
-    return value
-
-
-def parse_signal(text: str) -> int:
-    """Turn ``SIGTERM``, ``TERM``, ``term`` or ``15`` into a signal number."""
-    name = text.strip().upper()
-    if name.isdigit():
-        number = int(name)
-        if 0 < number < signal.NSIG:
-            return number
-    else:
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        if name in signal.Signals.__members__:
-            return int(signal.Signals[name])
-    raise argparse.ArgumentTypeError(f"not a signal name or number: {text!r}")
-
-
 def _common_options(as_json: bool) -> _Parser:
     common = _Parser(add_help=False, as_json=as_json)
     group = common.add_argument_group("watchdog options")
     group.add_argument(
         "--max-interval",
-        type=_interval,
+        type=interval,
         default=60.0,
         metavar="SECONDS",
         help="longest single wait of the server's loop (default 60); deadlines are met "
@@ -152,7 +115,7 @@ def _common_options(as_json: bool) -> _Parser:
     )
     group.add_argument(
         "--grace",
-        type=_seconds,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="send the first signal, then SIGKILL if the worker still lives after SECONDS "
@@ -160,7 +123,7 @@ def _common_options(as_json: bool) -> _Parser:
     )
     group.add_argument(
         "--signal",
-        type=parse_signal,
+        type=signal_number,
         default=int(signal.SIGKILL),
         metavar="NAME",
         help="the first signal for an expired worker, by name or number (default SIGKILL); "
@@ -228,9 +191,17 @@ def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command_name", metavar="{run,serve}", required=True)
+    commands = parser.add_subparsers(dest="command_name", required=True)
     common = _common_options(as_json)
-    run = commands.add_parser(
+    for add in _SUBCOMMANDS:
+        add(commands, common, as_json)
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
+    return parser
+
+
+def _add_run(commands: argparse._SubParsersAction[_Parser], common: _Parser, as_json: bool) -> None:
+    """Add ``run [options] -- COMMAND [ARGS...]``."""
+    parser = commands.add_parser(
         "run",
         as_json=as_json,
         parents=[common],
@@ -240,10 +211,27 @@ def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
         epilog=_RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _metrics_options(run, http=False)
-    add_progress_options(run)
-    run.add_argument("command", nargs=argparse.REMAINDER, help="the job to run, after '--'")
-    serve = commands.add_parser(
+    _metrics_options(parser, http=False)
+    add_progress_options(parser)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the job to run, after '--'")
+    parser.set_defaults(handler=run, check=_check_command)
+
+
+def _check_command(args: argparse.Namespace) -> None:
+    """Drop the ``--`` before COMMAND; raise :class:`CommandError` if there is no COMMAND."""
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise CommandError(f"a COMMAND is needed, after '--' (see {PROG} run --help)")
+    args.command = command
+
+
+def _add_serve(
+    commands: argparse._SubParsersAction[_Parser], common: _Parser, as_json: bool
+) -> None:
+    """Add ``serve --path PIPE``."""
+    parser = commands.add_parser(
         "serve",
         as_json=as_json,
         parents=[common],
@@ -252,20 +240,25 @@ def build_parser(*, as_json: bool = False) -> argparse.ArgumentParser:
         epilog=_SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument(
+    parser.add_argument(
         "--path",
         required=True,
         metavar="PIPE",
         help="the pipe to create and serve; its directory must exist; "
         "e.g. --path /run/train/timer.pipe",
     )
-    _metrics_options(serve, http=True)
-    return parser
+    _metrics_options(parser, http=True)
+    parser.set_defaults(handler=serve)
+
+
+#: The subcommands, in the order ``--help`` lists them.
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser], _Parser, bool], None], ...] = (
+    _add_run,
+    _add_serve,
+)
 
 
 def _address(text: str) -> tuple[str, int]:
-    from ._metrics import parse_address
-
     try:
         return parse_address(text)
     except ValueError as exc:
@@ -293,62 +286,6 @@ def _metrics_options(parser: argparse.ArgumentParser, *, http: bool) -> None:
     )
 
 
-class Options:
-    """The checked arguments, with the files they name opened."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.stacks_dir = _stacks_dir(args.stacks)
-        try:
-            self.policy = WatchdogPolicy(
-                signal=args.signal,
-                grace=args.grace,
-                force_signal=args.force_signal,
-                observe_only=args.observe_only,
-                stacks_dir=self.stacks_dir,
-                py_spy=args.py_spy,
-            )
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        self.events = _open_events(args.events)
-        self.log = EventLog(
-            log=sys.stderr, events=self.events, as_json=args.json, verbose=args.verbose
-        )
-
-    def close(self) -> None:
-        """Close the events file (never stdout)."""
-        if self.events is not None and self.events is not sys.stdout.buffer:
-            self.events.close()
-
-
-def _stacks_dir(path: str | None) -> str | None:
-    if path is None:
-        return None
-    path = os.path.abspath(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise CommandError(f"cannot use --stacks {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CommandError(f"cannot use --stacks {path}: not writable")
-    try:
-        check_stack_directory(path)
-    except OSError as exc:
-        raise CommandError(f"cannot use --stacks {path}: {exc}") from None
-    return path
-
-
-def _open_events(path: str | None) -> IO[bytes] | None:
-    if path is None:
-        return None
-    if path == "-":
-        return sys.stdout.buffer
-    try:
-        return open(path, "ab")
-    except OSError as exc:
-        raise CommandError(f"cannot write --events {path}: {exc.strerror}") from None
-
-
 def _wants_json(argv: Sequence[str]) -> bool:
     """Tell whether ``--json`` is among the options (not in COMMAND, after ``--``)."""
     options = list(argv)
@@ -357,79 +294,23 @@ def _wants_json(argv: Sequence[str]) -> bool:
     return "--json" in options
 
 
-class _EchoFilter(logging.Filter):
-    """Drop the engine's log lines that repeat an event, which the command prints itself."""
-
-    #: The messages of the engine's log lines that an event line already tells.
-    ECHOES = ("rejected timer request", "worker %d held ", "worker %d exited holding")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, str) and record.msg.startswith(self.ECHOES))
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"log": record.levelname.lower(), "message": record.getMessage()})
-
-
-@contextlib.contextmanager
-def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
-    """Send the packages' log records to stderr while the command runs, then restore logging."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter() if args.json else logging.Formatter(f"{PROG}: %(message)s")
-    )
-    handler.addFilter(_EchoFilter())
-    saved = []
-    for name in ("timer_watchdog", "timer_api", "timer_file", "timer_queue_mp"):
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.level, logger.propagate))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
-        logger.propagate = False
-    # The engine's reaping log lines repeat events, which the command prints itself.
-    echo = logging.getLogger("timer_watchdog.reaping")
-    saved.append((echo, echo.level, echo.propagate))
-    echo.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for logger, level, propagate in saved:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-            logger.propagate = propagate
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return its exit status."""
-    from ._metrics import MetricsError
-    from ._run import run
-    from ._serve import serve
-
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(argv)
-    parser = build_parser(as_json=as_json)
-    args = parser.parse_args(argv)
+    args = build_parser(as_json=as_json).parse_args(argv)
     prog = f"{PROG} {args.command_name}"
-    if args.command_name == "run":
-        command = list(args.command)
-        if command[:1] == ["--"]:
-            command = command[1:]
-        if not command:
-            fail(
-                prog,
-                f"a COMMAND is needed, after '--' (see {prog} --help)",
-                USAGE_ERROR,
-                as_json=as_json,
-            )
-        args.command = command
-    with _logging_to_stderr(args):
+    handler: Callable[[Options], int] = args.handler
+    check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
+    with logging_to_stderr(as_json=args.json, verbose=args.verbose):
         try:
+            if check is not None:
+                check(args)
             options = Options(args)
         except CommandError as exc:
             fail(prog, str(exc), exc.status, as_json=as_json)
         try:
-            return run(options) if args.command_name == "run" else serve(options)
+            return handler(options)
         except CommandError as exc:
             fail(prog, str(exc), exc.status, as_json=as_json)
         except (TransportError, MetricsError) as exc:

@@ -19,21 +19,17 @@ import msgspec
 
 from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
-from ._cli import CommandError, Options
-from ._job import FORWARDED_SIGNALS, Job, become_subreaper, exit_status
-from ._metrics import Exporter
+from ._job import Job, become_subreaper
+from ._options import CommandError, Options
 from ._policy import WatchdogPolicy
 from ._progress import Watch, progress_options, stall_requests
 from ._server import WatchdogServer
-from ._summary import EventLog, format_summary
-from ._transports import load
+from ._session import DRAIN_STEP, Session, finish_reaps
+from ._summary import EventLog
 
-__all__ = ["FORWARDED_SIGNALS", "exit_status", "finish_reaps", "run"]
+__all__ = ["run"]
 
 logger = logging.getLogger("timer_watchdog")
-
-#: Seconds between two looks at the reaps still under way when the job has ended.
-DRAIN_STEP = 0.02
 
 #: Longest wait, once COMMAND has exited while other processes of the job run on, for
 #: the server to read what they wrote before (two rounds of its loop, when it is busy).
@@ -41,13 +37,6 @@ SETTLE_LIMIT = 2.0
 
 #: Exit statuses of a COMMAND that could not be started, as shells use them.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
-
-
-def finish_reaps(server: WatchdogServer, limit: float) -> None:
-    """Give the workers being reaped up to ``limit`` seconds to be confirmed dead (or reported)."""
-    end = time.monotonic() + limit
-    while server.stats().reaping and time.monotonic() < end:
-        time.sleep(DRAIN_STEP)
 
 
 def _job_stacks_dir(stacks_dir: str) -> str:
@@ -135,7 +124,6 @@ def _stop_stalled(log: EventLog, server: WatchdogServer, leader: int, message: s
 def run(options: Options) -> int:
     """Run ``options.args.command`` under a watchdog on a private endpoint; return the exit status."""
     args = options.args
-    command: list[str] = args.command
     try:
         liveness = progress_options(args)
     except ValueError as exc:
@@ -146,71 +134,55 @@ def run(options: Options) -> int:
             f"cannot adopt the job's orphans ({problem}): a process whose parent exits "
             "leaves the job, and its requests are rejected as not_in_job"
         )
-    factory = load(args.transport)
+    job_dir = None if options.stacks_dir is None else _job_stacks_dir(options.stacks_dir)
     try:
-        transport = factory(None)
-    except OSError as exc:
-        raise CommandError(f"cannot create the {args.transport} endpoint: {exc}") from None
-    started = time.monotonic()
-    job_dir: str | None = None
-    try:
-        if options.stacks_dir is not None:
-            job_dir = _job_stacks_dir(options.stacks_dir)
         policy = _job_policy(options, job_dir)
-        server = transport.server(max_interval=args.max_interval, policy=policy)
-        unsubscribe = server.subscribe(options.log)
-        exporter = Exporter(server, path=args.metrics_file)
-        env = {**os.environ, **transport.environment()}
-        if job_dir is not None:
-            env[STACKS_DIR_ENV] = job_dir
-            env[STACK_SIGNAL_ENV] = str(policy.stack_signal)
-        watch = None if liveness is None else Watch(liveness)
-        server.start()
-        exporter.start(options.log.note)
-        try:
-            with Job(command, env, note=options.log.note) as job:
-                try:
-                    try:
-                        job.start(watch.child_streams() if watch is not None else None)
-                    except FileNotFoundError:
-                        raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
-                    except PermissionError:
-                        raise CommandError(
-                            f"{command[0]}: permission denied", NOT_EXECUTABLE
-                        ) from None
-                    if watch is not None:
-                        watch.start(functools.partial(_stop_stalled, options.log, server, job.pid))
-                    job.wait()
-                    if watch is not None:
-                        watch.stop_clock()
-                        if watch.stalled is not None:
-                            # The stall's own timers are not holders that outlived COMMAND.
-                            finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
-                    _police_outliving(job, server, options)
-                finally:
-                    if watch is not None:
-                        watch.finish()
-            assert job.status is not None
-            status = job.status
-            finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
-        finally:
-            server.stop()
-            unsubscribe()
-            exporter.close()
-        stats = server.stats()
+        with Session(
+            options, None, policy, endpoint_error=f"cannot create the {args.transport} endpoint"
+        ) as session:
+            env = {**os.environ, **session.transport.environment()}
+            if job_dir is not None:
+                env[STACKS_DIR_ENV] = job_dir
+                env[STACK_SIGNAL_ENV] = str(policy.stack_signal)
+            with session.running() as server:
+                watch = None if liveness is None else Watch(liveness)
+                status = _supervise(options, server, env, watch)
+                finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
     finally:
-        transport.close()
         if job_dir is not None:
             _remove_unused_dumps(job_dir)
-    summary = options.log.summary(
+    return session.report(
         stopped="command exited",
         exit_status=status,
-        seconds=time.monotonic() - started,
-        stats=stats,
         stalled=None if watch is None else watch.stalled,
     )
-    if args.json:
-        options.log.write(msgspec.json.encode(summary).decode())
-    else:
-        options.log.write(format_summary(summary))
-    return status
+
+
+def _supervise(
+    options: Options, server: WatchdogServer, env: dict[str, str], watch: Watch | None
+) -> int:
+    """Start COMMAND, wait for it and the job's processes that outlive it; return its status."""
+    command: list[str] = options.args.command
+    policy = server.policy
+    with Job(command, env, note=options.log.note) as job:
+        try:
+            try:
+                job.start(watch.child_streams() if watch is not None else None)
+            except FileNotFoundError:
+                raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
+            except PermissionError:
+                raise CommandError(f"{command[0]}: permission denied", NOT_EXECUTABLE) from None
+            if watch is not None:
+                watch.start(functools.partial(_stop_stalled, options.log, server, job.pid))
+            job.wait()
+            if watch is not None:
+                watch.stop_clock()
+                if watch.stalled is not None:
+                    # The stall's own timers are not holders that outlived COMMAND.
+                    finish_reaps(server, policy.grace + policy.kill_timeout + DRAIN_STEP)
+            _police_outliving(job, server, options)
+        finally:
+            if watch is not None:
+                watch.finish()
+    assert job.status is not None
+    return job.status

@@ -5,18 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from types import FrameType
 
-import msgspec
-
-from ._cli import CommandError, Options
 from ._handlers import handling
-from ._metrics import Exporter
-from ._run import finish_reaps
+from ._options import Options
 from ._sdnotify import Notifier, Supervisor
-from ._summary import format_summary, signal_name
-from ._transports import load
+from ._session import Session, finish_reaps
+from ._summary import signal_name
 
 __all__ = ["EXIT_BROKEN", "EXIT_STOPPED", "STOP_SIGNALS", "serve"]
 
@@ -35,63 +30,42 @@ CHECK_INTERVAL = 1.0
 def serve(options: Options) -> int:
     """Serve ``options.args.path`` until a stop signal or a broken endpoint; return the status."""
     args = options.args
-    factory = load(args.transport)
-    try:
-        transport = factory(args.path)
-    except OSError as exc:
-        raise CommandError(f"cannot serve --path {args.path}: {exc}") from None
-    started = time.monotonic()
     stop = threading.Event()
     received: list[int] = []
     problem: str | None = None
-    try:
-        server = transport.server(max_interval=args.max_interval, policy=options.policy)
-        unsubscribe = server.subscribe(options.log)
+
+    def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    with Session(
+        options, args.path, options.policy, endpoint_error=f"cannot serve --path {args.path}"
+    ) as session:
+        transport = session.transport
         # Metrics and systemd: from before the start to after the stop, with
         # one idea of a stalled loop for /healthz and the watchdog pings.
         supervisor = Supervisor(
-            Notifier.from_environment(), server, lambda: f"serving {transport.path}"
+            Notifier.from_environment(), session.server, lambda: f"serving {transport.path}"
         )
-        exporter = Exporter(
-            server,
-            address=args.metrics,
-            path=args.metrics_file,
-            stall_after=supervisor.stall_after,
-        )
-
-        def on_stop_signal(signum: int, frame: FrameType | None) -> None:
-            received.append(signum)
-            stop.set()
-
-        with handling(STOP_SIGNALS, on_stop_signal):
-            server.start()
-            exporter.start(options.log.note)
+        with (
+            handling(STOP_SIGNALS, on_stop_signal),
+            session.running(
+                address=args.metrics,
+                stall_after=supervisor.stall_after,
+                # Does nothing when STOPPING=1 was sent already.
+                on_stop=lambda: supervisor.stopping("error"),
+            ) as server,
+        ):
             options.log.note(f"serving {transport.path} (pid {os.getpid()}); stop with SIGTERM")
             supervisor.ready()
-            try:
-                while not stop.wait(CHECK_INTERVAL):
-                    problem = transport.problem()
-                    if problem is not None:
-                        break
-                supervisor.stopping(problem or signal_name(received[0]))
-                finish_reaps(server, STOP_DRAIN)
-            finally:
-                supervisor.stopping("error")  # does nothing when STOPPING=1 was sent above
-                server.stop()
-                unsubscribe()
-                exporter.close()
-        stats = server.stats()
-    finally:
-        transport.close()
+            while not stop.wait(CHECK_INTERVAL):
+                problem = transport.problem()
+                if problem is not None:
+                    break
+            supervisor.stopping(problem or signal_name(received[0]))
+            finish_reaps(server, STOP_DRAIN)
     if problem is not None:
-        status, stopped = EXIT_BROKEN, problem
-    else:
-        status, stopped = EXIT_STOPPED, f"stopped by {signal_name(received[0])}"
-    summary = options.log.summary(
-        stopped=stopped, exit_status=status, seconds=time.monotonic() - started, stats=stats
+        return session.report(stopped=problem, exit_status=EXIT_BROKEN)
+    return session.report(
+        stopped=f"stopped by {signal_name(received[0])}", exit_status=EXIT_STOPPED
     )
-    if args.json:
-        options.log.write(msgspec.json.encode(summary).decode())
-    else:
-        options.log.write(format_summary(summary))
-    return status
