@@ -8,8 +8,11 @@ worker whose timer expired first.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 
@@ -27,9 +30,12 @@ from ._events import (
 )
 from ._forensics import is_library_file, own_frame
 
+logger = logging.getLogger("timer_watchdog")
+
 __all__ = [
     "HostExpiry",
     "JobReport",
+    "JobReporter",
     "JobView",
     "ProcessGroup",
     "build_report",
@@ -89,12 +95,17 @@ class JobReport(msgspec.Struct, kw_only=True):
 
 
 def process_frame(process: ProcessSnapshot) -> Frame | None:
-    """Return where ``process`` is stuck: the innermost user frame of its first thread that has one.
+    """Return where ``process`` is stuck: the innermost user frame of its main thread.
 
-    A thread running only library code (a queue's feeder thread) is passed over;
-    when no thread has a user frame, the first thread's innermost frame is used.
+    The main thread is the one whose outermost frame is a module's code; without
+    one (or when it runs only library code), the first thread that has a user frame
+    is used, so a queue's feeder thread is passed over; when no thread has a user
+    frame, the first thread's innermost frame is used.
     """
-    for thread in process.threads:
+    threads = sorted(
+        process.threads, key=lambda t: not (t.frames and t.frames[-1].function == "<module>")
+    )
+    for thread in threads:
         if any(not is_library_file(frame.file) for frame in thread.frames):
             return own_frame(thread.frames)
     for thread in process.threads:
@@ -465,3 +476,68 @@ def format_view(view: JobView) -> str:
         members = "; ".join(f"{host}: {_members(who)}" for host, who in by_host.items())
         lines.append("    " + _group_line(group, members, " -- the first to expire is here"))
     return "\n".join(lines)
+
+
+#: Most events (other than ``armed`` and ``released``) kept for the report directory.
+MAX_KEPT_EVENTS = 10_000
+
+#: The name of the report file written into the stacks directory.
+REPORT_FILE = "job-report.txt"
+
+
+class JobReporter:
+    """Subscribe to a server: build the job report when its snapshot arrives, and keep it.
+
+    The report is written (with every stack) to ``<stacks_dir>/job-report.txt`` as
+    soon as it is built. ``host`` names this host in the report (default: the host
+    name). Events other than ``armed`` and ``released`` are kept (up to
+    :data:`MAX_KEPT_EVENTS`) for :meth:`write_dir`.
+    """
+
+    def __init__(self, *, host: str | None = None, stacks_dir: str | None = None) -> None:
+        self.host = host
+        self.stacks_dir = stacks_dir
+        self.report: JobReport | None = None
+        #: Where the report was written, if it was.
+        self.path: str | None = None
+        self._lock = threading.Lock()
+        self._armed: dict[int, dict[str, float]] = {}
+        self._events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        """Follow ``event``; build and write the report on the first snapshot."""
+        with self._lock:
+            if isinstance(event, Armed):
+                self._armed.setdefault(event.pid, {})[event.scope_id] = event.time
+                return
+            if isinstance(event, (Released, Expired)):
+                held = self._armed.get(event.pid)
+                if held is not None:
+                    held.pop(event.scope_id, None)
+                    if not held:
+                        del self._armed[event.pid]
+            if isinstance(event, Released):
+                return
+            if len(self._events) < MAX_KEPT_EVENTS:
+                self._events.append(event)
+            if not isinstance(event, JobSnapshot) or self.report is not None:
+                return
+            armed = {pid: min(scopes.values()) for pid, scopes in self._armed.items()}
+            self.report = build_report(event, armed=armed, host=self.host)
+            report = self.report
+        if self.stacks_dir is not None:
+            path = os.path.join(self.stacks_dir, REPORT_FILE)
+            try:
+                with open(path, "w", encoding="utf-8") as out:
+                    out.write(format_report(report, stacks=True) + "\n")
+                self.path = path
+            except OSError as exc:
+                logger.warning("cannot write the job report to %s: %s", path, exc)
+
+    def write_dir(self, directory: str) -> list[str]:
+        """Write this host's report and events into ``directory`` (see :func:`write_report_files`)."""
+        with self._lock:
+            events = list(self._events)
+            report = self.report
+        host = self.host or (report.host if report is not None else socket.gethostname())
+        return write_report_files(directory, host, report, events)
