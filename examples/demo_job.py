@@ -57,6 +57,7 @@ def train(rank: int, inboxes: list[Queue[float]]) -> None:
     """Run the steps: load a batch, then exchange gradients, each under its own timer."""
     configure_from_env()  # connect to the watchdog named by TORCHELASTIC_TIMER_FILE
     print(f"[rank {rank}] started as pid {os.getpid()}", flush=True)
+    all_reduce(rank, 0.0, inboxes)  # rendezvous: every rank has started (no timer yet)
     for step in range(1, STEPS + 1):
         with expires(after=LOAD_TIMEOUT):
             batch = load_batch(rank, step)
