@@ -260,11 +260,15 @@ def _write_new(path: str, text: str) -> None:
 
 
 class PySpy:
-    """Run ``py-spy dump`` on workers, if py-spy is installed; say once when it is not."""
+    """Run ``py-spy dump`` on workers, if py-spy is installed; say once when it is not.
 
-    def __init__(self, executable: str | None = None) -> None:
+    With ``quiet``, a missing py-spy is not logged (for a caller that reports it itself).
+    """
+
+    def __init__(self, executable: str | None = None, *, quiet: bool = False) -> None:
         self._executable = executable
         self._looked = executable is not None
+        self._quiet = quiet
         self._lock = threading.Lock()
 
     def executable(self) -> str | None:
@@ -273,7 +277,7 @@ class PySpy:
             if not self._looked:
                 self._looked = True
                 self._executable = shutil.which("py-spy")
-                if self._executable is None:
+                if self._executable is None and not self._quiet:
                     logger.warning("py-spy is not installed; stack dumps use faulthandler only")
             return self._executable
 

@@ -182,7 +182,8 @@ class Reaper:
                     budget=policy.snapshot_budget,
                     stacks_dir=policy.stacks_dir,
                     stack_signal=policy.stack_signal,
-                    py_spy=self._py_spy,
+                    # Asked for or not, py-spy stands in for a missing handler, quietly.
+                    py_spy=self._py_spy if policy.py_spy else PySpy(quiet=True),
                     procfs=self._procfs,
                     wall_clock=self._wall,
                 )

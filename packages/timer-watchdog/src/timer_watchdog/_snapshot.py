@@ -257,7 +257,7 @@ class _Capture(threading.Thread):
             return False
         program = self.py_spy.executable()
         if program is None:
-            reasons.append("py-spy is not installed")
+            reasons.append("py-spy not found")
             return False
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
