@@ -5,8 +5,8 @@ installed). It runs ``examples/demo_job.py``: four ranks that load a batch, then
 exchange gradients through queues, every step. Rank 1 hangs loading data; ranks 0, 2
 and 3 block in ``all_reduce()`` waiting for it. Rank 1's timer expires first: before
 any signal, the watchdog captures every process of the job (stacks, state, rank
-labels) and its job report points at rank 1 and ``load_batch()``; then the hung
-ranks are killed. The stack dumps, the job report and the events file are kept (in a
+labels) and its job report points at rank 1 and ``load_batch()``; then rank 1 is
+killed, and the job stops the other ranks. The stack dumps, the job report and the events file are kept (in a
 new directory under the temporary directory, named at the end), so that every path
 the demo prints can be opened. Exits 0 when all of that happened, 1 otherwise.
 """
@@ -96,8 +96,9 @@ def main() -> int:
         print(
             f"Rank 1's timer expired first. Before killing anything, the watchdog captured\n"
             f"every process of the job: its report points at rank 1 in {HUNG_FUNCTION}(),\n"
-            f"while ranks 0, 2 and 3 were waiting for it in {WAITING_FUNCTION}(). The hung\n"
-            f"ranks were then killed and the job exited with status {status}, as expected.",
+            f"while ranks 0, 2 and 3 were waiting for it in {WAITING_FUNCTION}(). Rank 1 was\n"
+            f"then killed, the job stopped the others and exited with status {status}, as "
+            "expected.",
             flush=True,
         )
     else:

@@ -7,7 +7,8 @@ for theirs). Loading a batch runs under a short timer, the exchange under a long
 one, as a real job would arm them. On step 2, rank 1 hangs in ``load_batch()``: it
 never sends its gradient, so ranks 0, 2 and 3 block in ``all_reduce()`` waiting for
 it. Rank 1's timer expires first: the watchdog captures every process of the job,
-and its report points at rank 1 and ``load_batch()``.
+and its report points at rank 1 and ``load_batch()``. Once rank 1 is killed, the job
+stops the other ranks, as torchrun does.
 
 Each rank is started with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in its
 environment (as torchrun does), which is where the watchdog reads rank labels from.
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import sys
 import time
+from multiprocessing.connection import wait
 from multiprocessing.queues import Queue
 
 from timer_api import expires
@@ -80,6 +82,15 @@ def main() -> int:
         ranks.append(process)
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         del os.environ[name]
+    running = list(ranks)
+    while running:
+        wait([p.sentinel for p in running])
+        running = [p for p in running if p.exitcode is None]
+        if any(p.exitcode not in (None, 0) for p in ranks):
+            # As torchrun does: once one rank has failed, the others are stopped.
+            for process in running:
+                process.terminate()
+            break
     for process in ranks:
         process.join()
     failed = [rank for rank, p in enumerate(ranks) if p.exitcode != 0]
