@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from timer_watchdog import JobSnapshot, Signalled, decode_event
@@ -225,3 +227,53 @@ def test_report_of_an_empty_directory_fails_clearly(tmp_path):
     result = watchdog("report", str(tmp_path))
     assert result.returncode == 1
     assert f"no job report in {tmp_path}" in result.stderr
+
+
+def test_serve_takes_the_job_snapshot_when_asked(tmp_path):
+    pipe, events = tmp_path / "timer.pipe", tmp_path / "events.jsonl"
+    serve = subprocess.Popen(
+        [
+            *WATCHDOG,
+            "serve",
+            "--path",
+            str(pipe),
+            "--events",
+            str(events),
+            "--job-snapshot",
+            "--host-label",
+            "node-7",
+            "--report-dir",
+            str(tmp_path / "reports"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        end = time.monotonic() + BOUND
+        while not pipe.exists():
+            assert serve.poll() is None, serve.communicate()
+            assert time.monotonic() < end, "serve never created its pipe"
+            time.sleep(0.05)
+        (tmp_path / "train.py").write_text(RANK)
+        env = {**os.environ, "TORCHELASTIC_TIMER_FILE": str(pipe), "RANK": "5"}
+        rank = subprocess.run(
+            [sys.executable, str(tmp_path / "train.py"), "load", "0.3"],
+            env=env,
+            timeout=BOUND,
+            check=False,
+        )
+        assert rank.returncode == -signal.SIGKILL
+        while not [e for e in events_of(events) if isinstance(e, JobSnapshot)]:
+            assert time.monotonic() < end, "no snapshot event"
+            time.sleep(0.05)
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=BOUND)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.communicate()
+    assert serve.returncode == 0, err
+    assert "1 process (rank 5): load_batch() at " in err
+    host_file = json.loads((tmp_path / "reports" / "job-report.node-7.json").read_text())
+    assert host_file["report"]["culprit_rank"] == "5"
