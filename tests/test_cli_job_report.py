@@ -188,6 +188,8 @@ def test_report_merges_three_hosts_in_wall_clock_order(tmp_path):
     ):
         result = watchdog(
             "run",
+            "--stacks",
+            str(tmp_path / "stacks"),
             "--report-dir",
             str(reports),
             "--host-label",
@@ -240,6 +242,8 @@ def test_serve_takes_the_job_snapshot_when_asked(tmp_path):
             "--events",
             str(events),
             "--job-snapshot",
+            "--stacks",
+            str(tmp_path / "stacks"),
             "--host-label",
             "node-7",
             "--report-dir",
@@ -256,7 +260,12 @@ def test_serve_takes_the_job_snapshot_when_asked(tmp_path):
             assert time.monotonic() < end, "serve never created its pipe"
             time.sleep(0.05)
         (tmp_path / "train.py").write_text(RANK)
-        env = {**os.environ, "TORCHELASTIC_TIMER_FILE": str(pipe), "RANK": "5"}
+        env = {
+            **os.environ,
+            "TORCHELASTIC_TIMER_FILE": str(pipe),
+            "TIMER_WATCHDOG_STACKS": str(tmp_path / "stacks"),
+            "RANK": "5",
+        }
         rank = subprocess.run(
             [sys.executable, str(tmp_path / "train.py"), "load", "0.3"],
             env=env,
