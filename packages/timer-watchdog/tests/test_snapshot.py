@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from timer_api import process_start_time
-from timer_watchdog import JobSnapshot, Signalled, WatchdogPolicy
+from timer_watchdog import JobSnapshot, Reaped, Signalled, WatchdogPolicy
 from timer_watchdog._forensics import PySpy
 from timer_watchdog._jobreport import build_report, format_report
 from timer_watchdog._snapshot import JobCapture, job_members, read_labels, take_snapshot
@@ -313,3 +313,31 @@ class TestReaper:
         assert report.groups[0].frame.function == "load_batch"
         assert ranks[1].proc.wait(PATIENCE) == -signal.SIGKILL
         assert ranks[0].proc.poll() is None
+
+    def test_the_reaped_worker_is_not_asked_again_after_the_snapshot(
+        self, make_server, rank, tmp_path
+    ):
+        # A worker that never answers held the first signal for the budget only; asking
+        # it again (stack_wait, 60 s here) would hold the kill far past it.
+        from timer_api import TimerRequest, stack_dump_path
+
+        stacks = str(tmp_path)
+        deaf, fine = rank(stacks, "block", 0), rank(stacks, "load", 1)
+        h = make_server(
+            policy=WatchdogPolicy(
+                stacks_dir=stacks, job_snapshot=True, snapshot_budget=1.0, stack_wait=60.0
+            )
+        )
+        now_wall, now = time.time(), time.monotonic()
+        for one in (deaf, fine):
+            h.put(
+                TimerRequest(
+                    one.pid, "t", now_wall + 0.2, start_time=one.start_time, deadline=now + 0.2
+                )
+            )
+        reaped = {e.pid: e for e in h.events.wait_for(Reaped, count=2)}
+        assert deaf.proc.wait(PATIENCE) == -signal.SIGKILL
+        assert reaped[deaf.pid].frame is None
+        assert reaped[fine.pid].frame is not None
+        assert reaped[fine.pid].frame.function == "load_batch"
+        assert reaped[fine.pid].stack_path == stack_dump_path(stacks, fine.pid, fine.start_time)

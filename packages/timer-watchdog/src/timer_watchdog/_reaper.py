@@ -5,7 +5,8 @@ says when to be called again:
 
 0. ``snapshot`` (only with ``job_snapshot``, at the server's first expiry): capture
    every live process of the job in the background (see :class:`JobCapture`); every
-   reap that starts meanwhile waits for it, never past ``snapshot_budget``.
+   reap that starts meanwhile waits for it, never past ``snapshot_budget``, then takes
+   its worker's stack from the snapshot and skips ``stack``.
 1. ``stack`` (only with ``stacks_dir`` or ``py_spy``): ask for a stack dump, wait up to
    ``stack_wait`` for it.
 2. ``first``: send the first signal (chosen by the server, see ``WatchdogServer``). A
@@ -29,8 +30,11 @@ import logging
 import signal as _signal
 from collections.abc import Callable
 
-from ._events import Event, Exited, Frame, Reaped, Signalled, Unkillable
-from ._forensics import POLL_STEP, PySpy, StackRequest
+from timer_api import stack_dump_path
+
+from ._events import Event, Exited, Frame, JobSnapshot, Reaped, Signalled, Unkillable
+from ._forensics import POLL_STEP, PySpy, StackRequest, own_frame
+from ._jobreport import process_frame
 from ._policy import WatchdogPolicy, is_terminating
 from ._process import ProcessGone, Procfs, Target
 from ._snapshot import JobCapture, job_members
@@ -149,6 +153,7 @@ class Reaper:
         #: The job snapshot under way, and whether one was taken (once per server).
         self._capture: JobCapture | None = None
         self._snapshot_taken = False
+        self._snapshot_result: JobSnapshot | None = None
 
     def _start(self, reap: Reap, now: float) -> bool:
         """Leave the snapshot phase: ask for the stack or go on to the first signal."""
@@ -196,9 +201,31 @@ class Reaper:
                 reap.due = min(now + POLL_STEP, capture.deadline)
                 return True
             self._capture = None
-            self._report(None, capture.result(now))
+            self._snapshot_result = capture.result(now)
+            self._report(None, self._snapshot_result)
         reap.held = now - reap.held
         return False
+
+    def _from_snapshot(self, reap: Reap) -> None:
+        """Take the reaped worker's stack from the snapshot it waited for; go on to the first signal.
+
+        The snapshot already asked it (within the budget), so it is not asked again:
+        the first signal never waits longer than the budget.
+        """
+        reap.phase = _FIRST
+        snapshot = self._snapshot_result
+        found = None
+        if snapshot is not None:
+            found = next((p for p in snapshot.processes if p.pid == reap.pid), None)
+        if found is None or not found.threads:
+            return
+        thread = next((t for t in found.threads if t.ident == reap.thread_id), None)
+        if thread is not None:
+            reap.frame = own_frame(thread.frames)
+        else:
+            reap.frame = process_frame(found)
+        if found.source == "handler" and self.policy.stacks_dir is not None:
+            reap.stack_path = stack_dump_path(self.policy.stacks_dir, reap.pid, reap.start_time)
 
     def step(self, reap: Reap, now: float) -> bool:
         """Do what is due for ``reap``; return ``True`` when it is over (its timers can go)."""
@@ -206,9 +233,17 @@ class Reaper:
             logger.error("not reaping worker %d: it may not be signalled", reap.pid)
             return True
         if reap.phase in (_NEW, _SNAPSHOT):
+            waited = reap.phase == _SNAPSHOT
             if self._snapshot(reap, now):
                 return False
-            if self._start(reap, now):
+            if waited:
+                self._from_snapshot(reap)
+                target = reap.target
+                if reap.stack_path is not None and target is not None and target.state() is None:
+                    # A dump handler chained to the signal's default action ends the worker.
+                    reap.last_signal = self.policy.stack_signal
+                    return self._reaped(reap, now, "died on the stack-dump signal")
+            elif self._start(reap, now):
                 return True
         target = reap.target
         assert target is not None
