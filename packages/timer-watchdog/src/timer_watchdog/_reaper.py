@@ -6,7 +6,8 @@ says when to be called again:
 0. ``snapshot`` (only with ``job_snapshot``, at the server's first expiry): capture
    every live process of the job in the background (see :class:`JobCapture`); every
    reap that starts meanwhile waits for it, never past ``snapshot_budget``, then takes
-   its worker's stack from the snapshot and skips ``stack``.
+   its worker's stack from the snapshot and skips ``stack`` (unless ``py_spy`` asks
+   for py-spy's dump of the worker, which then follows).
 1. ``stack`` (only with ``stacks_dir`` or ``py_spy``): ask for a stack dump, wait up to
    ``stack_wait`` for it.
 2. ``first``: send the first signal (chosen by the server, see ``WatchdogServer``). A
@@ -236,7 +237,7 @@ class Reaper:
             waited = reap.phase == _SNAPSHOT
             if self._snapshot(reap, now):
                 return False
-            if waited:
+            if waited and not self.policy.py_spy:
                 self._from_snapshot(reap)
                 target = reap.target
                 if reap.stack_path is not None and target is not None and target.state() is None:
