@@ -59,8 +59,8 @@ class DictServer(TimerServer):
 
 def use() -> None:
     timer_api.configure(NullClient())
-    request: TimerRequest = timer_api.decode_json(b"{}")
-    also: TimerRequest = timer_api.decode_json('{"pid": 1}')
+    request = TimerRequest(os.getpid(), "s", 1.0)
+    also: TimerRequest = timer_api.decode_msgpack(timer_api.encode_msgpack(request))
     line: bytes = timer_api.encode_json_line(request)
     packed: bytes = timer_api.encode_msgpack(also)
     assert len(line) <= timer_api.MAX_REQUEST_BYTES
@@ -88,6 +88,9 @@ def use() -> None:
         path: str = timer_api.stack_dump_path("/tmp", os.getpid(), start)
         assert path
     timer_api.check_stack_directory("/tmp")  # raises PermissionError if unsafe
+    signum: int = timer_api.parse_signal("RTMIN+4")  # raises ValueError if not a signal
+    name: str = timer_api.signal_name(signum)
+    assert name == "SIGRTMIN+4"
     with expires(after=1.0):
         pass
     with expires(after=1.0, scope="named", client=NullClient()):

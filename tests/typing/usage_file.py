@@ -7,9 +7,6 @@ import time
 
 from timer_api import TimerClient, TimerRequest, configure, expires
 from timer_file import (
-    DEFAULT_SEND_TIMEOUT,
-    TIMER_FILE_ENV,
-    FileRequestQueue,
     FileTimerClient,
     FileTimerRequest,
     FileTimerServer,
@@ -17,13 +14,12 @@ from timer_file import (
     ServerUnavailableError,
     UnsafePipeError,
     configure_from_env,
-    default_pipe_path,
 )
 from timer_watchdog import WatchdogPolicy, WatchdogServer
 
 
 def worker(path: str) -> None:
-    client: TimerClient = FileTimerClient(path, signal.SIGTERM, send_timeout=DEFAULT_SEND_TIMEOUT)
+    client: TimerClient = FileTimerClient(path, signal.SIGTERM, send_timeout=10.0)
     configure(client)
     try:
         with expires(after=60):
@@ -32,21 +28,17 @@ def worker(path: str) -> None:
         pass
     from_env: FileTimerClient | None = configure_from_env(required=False)
     assert from_env is None or from_env.file_path
-    assert TIMER_FILE_ENV
 
 
 def server() -> None:
-    path: str = default_pipe_path()
     try:
         watchdog: WatchdogServer = FileTimerServer(
-            path, "run-1", max_interval=1.0, policy=WatchdogPolicy(grace=5.0)
+            None, "run-1", max_interval=1.0, policy=WatchdogPolicy(grace=5.0)
         )
     except UnsafePipeError:
         return
     watchdog.start()
     watchdog.stop()
-    queue: FileRequestQueue = FileRequestQueue(None)
-    queue.close()
 
 
 def wire() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Mapping
 
 from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest, TimerServer
 from timer_watchdog import (
@@ -15,13 +16,12 @@ from timer_watchdog import (
     LoopHealth,
     Reaped,
     Rejected,
+    Transport,
     WatchdogPolicy,
     WatchdogServer,
     WatchdogStats,
     decode_event,
     encode_event,
-    is_terminating,
-    parse_faulthandler,
 )
 
 
@@ -31,6 +31,33 @@ class EmptyQueue(RequestQueue):
 
     def get(self, size: int, timeout: float) -> list[TimerRequest | InvalidRequestError]:
         return []
+
+
+class EmptyTransport:
+    """A third-party transport: no base class, only the members of ``Transport``."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path or "/nowhere"
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def environment(self) -> Mapping[str, str]:
+        return {"EMPTY_TRANSPORT": self._path}
+
+    def server(self, *, max_interval: float, policy: WatchdogPolicy) -> WatchdogServer:
+        return WatchdogServer(EmptyQueue(), max_interval, policy=policy)
+
+    def problem(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def transport_factory(path: str | None) -> Transport:
+    return EmptyTransport(path)
 
 
 def on_event(event: Event) -> None:
@@ -66,12 +93,13 @@ def use() -> None:
     counts: tuple[int, int, int] = (stats.armed, stats.reaped, stats.timers)
     unsubscribe()
     server.stop()
-    kills: bool = is_terminating(int(signal.SIGTERM)) and 9 in TERMINATING_SIGNALS
-    where: Frame | None = parse_faulthandler("", None)
+    kills: bool = 9 in TERMINATING_SIGNALS
+    transport: Transport = transport_factory(None)
+    transport.server(max_interval=1.0, policy=policy).stop()
+    transport.close()
     assert base
     assert counts
     assert kills
-    assert where is None
     assert server.policy.grace
     forced = WatchdogPolicy(force_signal=True, max_timers_per_worker=100, descendants_of=1)
     health: LoopHealth = WatchdogServer(EmptyQueue(), policy=forced).loop_health()

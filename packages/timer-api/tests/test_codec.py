@@ -18,12 +18,11 @@ from timer_api import (
     LineDecoder,
     RejectReason,
     TimerRequest,
-    decode_json,
     decode_msgpack,
-    encode_json,
     encode_json_line,
     encode_msgpack,
 )
+from timer_api._codec import decode_json, encode_json
 
 FEW = settings(max_examples=200, deadline=None)
 

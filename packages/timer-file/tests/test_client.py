@@ -10,17 +10,25 @@ from typing import TypeVar
 import pytest
 
 import timer_api
-from timer_api import TimerRequest, decode_json
+from timer_api import LineDecoder, TimerRequest
 from timer_file import (
-    TIMER_FILE_ENV,
-    FileRequestQueue,
     FileTimerClient,
     PipeFullError,
     ServerUnavailableError,
     configure_from_env,
 )
+from timer_file._client import TIMER_FILE_ENV
+from timer_file._queue import FileRequestQueue
 
 T = TypeVar("T")
+
+
+def decode_line(line: bytes | str) -> TimerRequest:
+    """Decode one request line (newline or not) as a server reads it from the pipe."""
+    data = line.encode() if isinstance(line, str) else line
+    [request] = LineDecoder().feed(data.rstrip(b"\n") + b"\n")
+    assert isinstance(request, TimerRequest), request
+    return request
 
 
 @pytest.fixture
@@ -173,7 +181,7 @@ class TestNoServer:
         finally:
             client.close()
             fifo.close()
-        got = [(r.scope_id, r.is_release) for r in map(decode_json, lines)]
+        got = [(r.scope_id, r.is_release) for r in map(decode_line, lines)]
         assert got == [("s", True), ("t", False)] if then == "next_request" else [("s", True)]
 
 
@@ -200,7 +208,7 @@ class TestKeepOpen:
             lines = fifo.lines()
         finally:
             fifo.close()
-        assert [decode_json(line).scope_id for line in lines] == ["s", "s"]
+        assert [decode_line(line).scope_id for line in lines] == ["s", "s"]
 
     def test_forced_open_for_a_plain_pipe(self, pipe_path: str) -> None:
         fifo = PlainFifo(pipe_path)
@@ -365,7 +373,7 @@ class TestSameInodeRestart:
                 lines = second.lines()
         finally:
             second.close()
-        assert [decode_json(line).scope_id for line in lines] == ["kept"]
+        assert [decode_line(line).scope_id for line in lines] == ["kept"]
 
 
 class TestFork:

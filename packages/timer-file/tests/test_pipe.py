@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from timer_file import PipeInUseError, UnsafePipeError, default_pipe_path
-from timer_file._pipe import open_pipe, remove_pipe
+from timer_file import PipeInUseError, UnsafePipeError
+from timer_file._pipe import default_pipe_path, open_pipe, remove_pipe
 
 #: Holds the pipe at ``argv[1]`` open for reading, as a live server does, until stdin closes.
 READER = """

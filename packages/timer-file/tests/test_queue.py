@@ -5,7 +5,8 @@ import time
 import pytest
 
 from timer_api import InvalidRequestError, RejectReason, TimerRequest, encode_json_line
-from timer_file import FileRequestQueue, UnsafePipeError
+from timer_file import UnsafePipeError
+from timer_file._queue import FileRequestQueue
 
 VALID = TimerRequest(4242, "after", 5.0, 9)
 VALID_LINE = encode_json_line(VALID)

@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from timer_api import TimerRequest, decode_json
+from timer_api import LineDecoder, TimerRequest
 from timer_file import FileTimerRequest
+
+
+def decode_line(line: bytes | str) -> TimerRequest:
+    """Decode one request line (newline or not) as a server reads it from the pipe."""
+    data = line.encode() if isinstance(line, str) else line
+    [request] = LineDecoder().feed(data.rstrip(b"\n") + b"\n")
+    assert isinstance(request, TimerRequest), request
+    return request
 
 
 class TestToJson:
@@ -21,7 +29,7 @@ class TestToJson:
     def test_decodes_with_our_codec(
         self, pid: int, scope: str, expiration: float, signal: int
     ) -> None:
-        decoded = decode_json(FileTimerRequest(pid, scope, expiration, signal).to_json())
+        decoded = decode_line(FileTimerRequest(pid, scope, expiration, signal).to_json())
         assert decoded == TimerRequest(pid, scope, expiration, signal)
 
 

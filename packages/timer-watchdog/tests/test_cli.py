@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from timer_api import RejectReason
+from timer_api import RejectReason, signal_name
 from timer_watchdog import (
     Armed,
     Exited,
@@ -29,7 +29,7 @@ from timer_watchdog import (
 from timer_watchdog._cli import build_parser, main
 from timer_watchdog._job import exit_status
 from timer_watchdog._options import signal_number as parse_signal
-from timer_watchdog._summary import EventLog, describe, format_summary, signal_name
+from timer_watchdog._summary import EventLog, describe, format_summary
 from timer_watchdog._transports import ENTRY_POINT_GROUP, TransportError, available, load
 
 BOUND = 30.0
@@ -54,7 +54,14 @@ HUNG = [
 class TestArguments:
     @pytest.mark.parametrize(
         ("text", "number"),
-        [("SIGTERM", 15), ("TERM", 15), ("term", 15), ("9", 9), ("SIGUSR1", signal.SIGUSR1)],
+        [
+            ("SIGTERM", 15),
+            ("TERM", 15),
+            ("term", 15),
+            ("9", 9),
+            ("SIGUSR1", signal.SIGUSR1),
+            ("RTMIN+4", int(signal.SIGRTMIN) + 4),
+        ],
     )
     def test_signal_names_and_numbers(self, text, number):
         assert parse_signal(text) == number

@@ -18,10 +18,8 @@ from timer_watchdog import (
     Reaped,
     Signalled,
     WatchdogPolicy,
-    parse_faulthandler,
-    parse_py_spy,
 )
-from timer_watchdog._forensics import PySpy
+from timer_watchdog._forensics import PySpy, parse_faulthandler, parse_py_spy
 
 needs_py_spy = pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from timer_api import TimerRequest, decode_json, process_start_time
+from timer_api import LineDecoder, TimerRequest, process_start_time
 from timer_watchdog import (
     Armed,
     ClockSkew,
@@ -253,14 +253,14 @@ class TestZombieLeader:
 #: A worker that builds its request with its own clocks, prints it, then hangs.
 CLOCK_WORKER = """
 import os, sys, time
-from timer_api import TimerRequest, encode_json, process_start_time
+from timer_api import TimerRequest, encode_json_line, process_start_time
 after = float(sys.argv[1])
 pid = os.getpid()
 request = TimerRequest(
     pid, "s", time.time() + after, start_time=process_start_time(pid),
     deadline=time.monotonic() + after,
 )
-print(encode_json(request).decode(), flush=True)
+print(encode_json_line(request).decode(), end="", flush=True)
 time.sleep(300)
 """
 
@@ -282,7 +282,8 @@ class TestTimeNamespace:
             requests = []
             for worker in (ahead, behind):
                 assert worker.stdout is not None
-                requests.append(decode_json(worker.stdout.readline()))
+                [request] = LineDecoder().feed(worker.stdout.readline())
+                requests.append(request)
             assert requests[0].worker_id == ahead.pid  # no fork: unshare ran the worker itself
             h.put(*requests)
             assert ahead.wait(PATIENCE) == -signal.SIGKILL

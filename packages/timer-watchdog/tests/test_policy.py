@@ -8,7 +8,8 @@ import signal
 import msgspec
 import pytest
 
-from timer_watchdog import TERMINATING_SIGNALS, WatchdogPolicy, is_terminating
+from timer_watchdog import TERMINATING_SIGNALS, WatchdogPolicy
+from timer_watchdog._policy import is_terminating
 
 
 class TestPolicy:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from timer_api import InvalidRequestError, RejectReason, RequestQueue, TimerRequest, decode_json
+from timer_api import InvalidRequestError, LineDecoder, RejectReason, RequestQueue, TimerRequest
 from timer_watchdog import (
     Armed,
     Exited,
@@ -636,7 +636,7 @@ class TestSignalPrecedence:
                 "signal": signum,
             }
         )
-        h.put(decode_json(line))
+        h.put(*LineDecoder().feed(line.encode() + b"\n"))
         expired = h.events.wait_for(Expired, child.pid)[0]
         assert (expired.signal, expired.action) == (signum, 0)
         _sentinel_reaped(h, spawn)

@@ -19,9 +19,7 @@ from ._codec import (
     FALLBACK_SIGNAL,
     MAX_REQUEST_BYTES,
     LineDecoder,
-    decode_json,
     decode_msgpack,
-    encode_json,
     encode_json_line,
     encode_msgpack,
 )
@@ -31,6 +29,7 @@ from ._procfs import ProcessStat, process_start_time, process_stat
 from ._queue import RequestQueue
 from ._request import MAX_SCOPE_LENGTH, TimerRequest
 from ._server import TimerServer
+from ._signals import parse_signal, signal_name
 from ._stacks import (
     DEFAULT_STACK_SIGNAL,
     STACK_SIGNAL_ENV,
@@ -60,15 +59,15 @@ __all__ = [
     "__version__",
     "check_stack_directory",
     "configure",
-    "decode_json",
     "decode_msgpack",
-    "encode_json",
     "encode_json_line",
     "encode_msgpack",
     "expires",
     "install_stack_dump",
     "install_stack_dump_from_env",
+    "parse_signal",
     "process_start_time",
     "process_stat",
+    "signal_name",
     "stack_dump_path",
 ]

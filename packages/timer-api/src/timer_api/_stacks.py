@@ -18,6 +18,7 @@ from typing import IO
 
 from ._log import logger
 from ._procfs import process_start_time
+from ._signals import parse_signal
 
 __all__ = [
     "DEFAULT_STACK_SIGNAL",
@@ -168,26 +169,21 @@ def install_stack_dump_from_env() -> str | None:
     if not directory:
         return None
     try:
-        signum = _parse_signal(os.environ.get(STACK_SIGNAL_ENV, ""))
+        signum = _stack_signal(os.environ.get(STACK_SIGNAL_ENV, ""))
         return install_stack_dump(directory, signum)
     except (OSError, ValueError) as exc:
         logger.warning("no stack dump on request: %s", exc)
         return None
 
 
-def _parse_signal(text: str) -> int:
-    """Turn ``"42"``, ``"SIGUSR2"`` or ``"USR2"`` into a signal number; empty gives the default."""
-    text = text.strip()
-    if not text:
+def _stack_signal(text: str) -> int:
+    """Return the dump signal :data:`STACK_SIGNAL_ENV` names; empty gives the default."""
+    if not text.strip():
         return DEFAULT_STACK_SIGNAL
-    if text.isdigit():
-        return int(text)
-    name = text.upper()
-    name = name if name.startswith("SIG") else f"SIG{name}"
     try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise ValueError(f"{STACK_SIGNAL_ENV}={text!r} is not a signal") from None
+        return parse_signal(text)
+    except ValueError as exc:
+        raise ValueError(f"{STACK_SIGNAL_ENV}: {exc}") from None
 
 
 def _after_fork_in_child() -> None:

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 
 from .__about__ import __version__
 from ._client import (
-    DEFAULT_SEND_TIMEOUT,
-    TIMER_FILE_ENV,
     FileTimerClient,
     PipeFullError,
     ServerUnavailableError,
@@ -31,17 +29,14 @@ from ._client import (
 from ._request import FileTimerRequest
 
 if TYPE_CHECKING:
-    from ._pipe import PipeInUseError, UnsafePipeError, default_pipe_path
-    from ._queue import FileRequestQueue
+    from ._pipe import PipeInUseError, UnsafePipeError
     from ._server import FileTimerServer
 
 #: Server-side names, imported on first use so that a worker's import stays light.
 _SERVER_SIDE = {
-    "FileRequestQueue": "._queue",
     "FileTimerServer": "._server",
     "PipeInUseError": "._pipe",
     "UnsafePipeError": "._pipe",
-    "default_pipe_path": "._pipe",
 }
 
 
@@ -57,9 +52,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DEFAULT_SEND_TIMEOUT",
-    "TIMER_FILE_ENV",
-    "FileRequestQueue",
     "FileTimerClient",
     "FileTimerRequest",
     "FileTimerServer",
@@ -69,5 +61,4 @@ __all__ = [
     "UnsafePipeError",
     "__version__",
     "configure_from_env",
-    "default_pipe_path",
 ]

@@ -34,10 +34,10 @@ from ._events import (
     decode_event,
     encode_event,
 )
-from ._forensics import parse_faulthandler, parse_py_spy
 from ._jobreport import JobReport, ProcessGroup, build_report, format_report
-from ._policy import TERMINATING_SIGNALS, WatchdogPolicy, is_terminating
+from ._policy import TERMINATING_SIGNALS, WatchdogPolicy
 from ._server import WatchdogServer
+from ._transports import Transport
 
 __all__ = [
     "TERMINATING_SIGNALS",
@@ -57,6 +57,7 @@ __all__ = [
     "Released",
     "Signalled",
     "ThreadStack",
+    "Transport",
     "Unkillable",
     "WatchdogPolicy",
     "WatchdogServer",
@@ -66,7 +67,4 @@ __all__ = [
     "decode_event",
     "encode_event",
     "format_report",
-    "is_terminating",
-    "parse_faulthandler",
-    "parse_py_spy",
 ]

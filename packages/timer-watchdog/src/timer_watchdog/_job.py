@@ -22,10 +22,9 @@ import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from timer_api import process_start_time, process_stat
+from timer_api import process_start_time, process_stat, signal_name
 
 from ._handlers import handling
-from ._summary import signal_name
 
 __all__ = ["FORWARDED_SIGNALS", "Job", "become_subreaper", "exit_status"]
 

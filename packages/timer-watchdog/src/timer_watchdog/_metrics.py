@@ -20,12 +20,11 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from timer_api import RejectReason
+from timer_api import RejectReason, signal_name
 
 from .__about__ import __version__
 from ._events import Event, Reaped, Rejected, Signalled
 from ._server import WatchdogServer
-from ._summary import signal_name
 
 __all__ = [
     "CONTENT_TYPE",

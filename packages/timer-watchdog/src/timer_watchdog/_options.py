@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 from typing import IO
 
-from timer_api import check_stack_directory
+from timer_api import check_stack_directory, parse_signal
 
 from ._policy import WatchdogPolicy
 from ._summary import EventLog
@@ -63,17 +62,11 @@ def interval(text: str) -> float:
 
 
 def signal_number(text: str) -> int:
-    """Turn an argument such as ``SIGTERM``, ``TERM``, ``term`` or ``15`` into a signal number."""
-    name = text.strip().upper()
-    if name.isdigit():
-        number = int(name)
-        if 0 < number < signal.NSIG:
-            return number
-    else:
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        if name in signal.Signals.__members__:
-            return int(signal.Signals[name])
-    raise argparse.ArgumentTypeError(f"not a signal name or number: {text!r}")
+    """Turn an argument such as ``SIGTERM``, ``TERM``, ``15`` or ``RTMIN+4`` into a signal number."""
+    try:
+        return parse_signal(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class Options:

@@ -31,7 +31,7 @@ import logging
 import signal as _signal
 from collections.abc import Callable
 
-from timer_api import stack_dump_path
+from timer_api import signal_name, stack_dump_path
 
 from ._events import Event, Exited, Frame, JobSnapshot, Reaped, Signalled, Unkillable
 from ._forensics import POLL_STEP, PySpy, StackRequest, own_frame
@@ -52,14 +52,6 @@ FIRST_POLL = 0.002
 MAX_POLL = 0.05
 
 _NEW, _STACK, _FIRST, _GRACE, _CONFIRM, _SNAPSHOT = range(6)
-
-
-def signal_name(signum: int) -> str:
-    """Return ``SIGTERM`` for 15, or the number as text for a signal without a name."""
-    try:
-        return _signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
 
 
 class Reap:

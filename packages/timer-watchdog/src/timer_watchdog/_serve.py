@@ -7,11 +7,12 @@ import signal
 import threading
 from types import FrameType
 
+from timer_api import signal_name
+
 from ._handlers import handling
 from ._options import Options
 from ._sdnotify import Notifier, Supervisor
 from ._session import Session, finish_reaps
-from ._summary import signal_name
 
 __all__ = ["EXIT_BROKEN", "EXIT_STOPPED", "STOP_SIGNALS", "serve"]
 

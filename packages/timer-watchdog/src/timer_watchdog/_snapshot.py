@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from timer_api import process_stat, stack_dump_path
+from timer_api import process_stat, signal_name, stack_dump_path
 
 from ._events import JobSnapshot, ProcessSnapshot
 from ._forensics import (
@@ -38,7 +38,6 @@ from ._forensics import (
     read_from,
 )
 from ._process import ProcessGone, Procfs, ProtectedProcess, Target
-from ._summary import signal_name
 
 __all__ = [
     "DEFAULT_BUDGET",

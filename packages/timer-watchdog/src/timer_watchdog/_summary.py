@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from typing import IO
 
 import msgspec
+
+from timer_api import signal_name
 
 from ._events import (
     Armed,
@@ -28,18 +29,7 @@ from ._events import (
 from ._jobreport import JobReport, format_report
 from ._policy import is_terminating
 
-__all__ = ["EventLog", "Expiry", "Outliver", "Summary", "format_summary", "signal_name"]
-
-
-def signal_name(signum: int) -> str:
-    """Return ``SIGKILL`` for 9, ``SIGRTMIN+4`` for a real-time signal, else ``signal N``."""
-    rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
-    if rtmin < signum <= rtmax:
-        return f"SIGRTMIN+{signum - rtmin}"
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
+__all__ = ["EventLog", "Expiry", "Outliver", "Summary", "format_summary"]
 
 
 class Expiry(msgspec.Struct, kw_only=True):

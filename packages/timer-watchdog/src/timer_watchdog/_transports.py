@@ -6,17 +6,19 @@ A package adds a transport by declaring, in its ``pyproject.toml``::
     pipe = "timer_file._transport:PipeTransport"
 
 The object named there is called as ``factory(path)`` and returns a
-:class:`Transport`; ``path=None`` asks for a new private endpoint. timer-watchdog
-never imports a transport package itself.
+:class:`Transport` (exported as ``timer_watchdog.Transport``, so that a third-party
+transport can type against it); ``path=None`` asks for a new private endpoint.
+timer-watchdog never imports a transport package itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from ._policy import WatchdogPolicy
     from ._server import WatchdogServer
 
@@ -27,7 +29,11 @@ ENTRY_POINT_GROUP = "timer_watchdog.transports"
 
 
 class Transport(Protocol):
-    """An endpoint that workers write requests to, and the server that reads it."""
+    """An endpoint that workers write requests to, and the server that reads it.
+
+    ``timer-watchdog run`` and ``serve`` drive every transport through these five
+    members only; a class that has them (no need to inherit) is a transport.
+    """
 
     @property
     def path(self) -> str:
@@ -56,6 +62,9 @@ class TransportError(LookupError):
 
 
 def _entry_points() -> dict[str, EntryPoint]:
+    # Imported here: importlib.metadata costs an engine-only user ~25 ms.
+    from importlib.metadata import entry_points
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
