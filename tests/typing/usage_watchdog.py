@@ -89,7 +89,7 @@ def on_event(event: Event) -> None:
         process: ProcessSnapshot = report.processes[0]
         thread: ThreadStack = process.threads[0]
         rank: str | None = process.labels.get("RANK")
-        assert (text, group.members, thread.frames, rank, report.waiting_for)
+        assert text or group.members or thread.frames or rank or report.waiting_for
     elif isinstance(event, Signalled):
         held: float = event.held
         assert held >= 0
