@@ -100,6 +100,8 @@ def test_run_reports_every_rank_grouped_by_user_frame_and_names_the_culprit(tmp_
     result = watchdog(
         "run",
         "--json",
+        "--snapshot-budget",
+        "20",
         "--stacks",
         str(stacks),
         "--events",
@@ -188,6 +190,8 @@ def test_report_merges_three_hosts_in_wall_clock_order(tmp_path):
     ):
         result = watchdog(
             "run",
+            "--snapshot-budget",
+            "20",
             "--stacks",
             str(tmp_path / "stacks"),
             "--report-dir",
@@ -242,6 +246,8 @@ def test_serve_takes_the_job_snapshot_when_asked(tmp_path):
             "--events",
             str(events),
             "--job-snapshot",
+            "--snapshot-budget",
+            "20",
             "--stacks",
             str(tmp_path / "stacks"),
             "--host-label",

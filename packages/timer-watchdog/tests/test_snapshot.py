@@ -248,7 +248,7 @@ class TestBudget:
         stacks = str(tmp_path)
         deaf = rank(stacks, "block", 0)
         fine = rank(stacks, "load", 1)
-        snapshot = capture([deaf, fine], stacks, budget=1.0, py_spy=None)
+        snapshot = capture([deaf, fine], stacks, budget=5.0, py_spy=None)
         processes = by_pid(snapshot)
         silent, answered = processes[deaf.pid], processes[fine.pid]
         assert silent.answered is False  # type: ignore[attr-defined]
@@ -325,7 +325,7 @@ class TestReaper:
         deaf, fine = rank(stacks, "block", 0), rank(stacks, "load", 1)
         h = make_server(
             policy=WatchdogPolicy(
-                stacks_dir=stacks, job_snapshot=True, snapshot_budget=1.0, stack_wait=60.0
+                stacks_dir=stacks, job_snapshot=True, snapshot_budget=5.0, stack_wait=60.0
             )
         )
         now_wall, now = time.time(), time.monotonic()

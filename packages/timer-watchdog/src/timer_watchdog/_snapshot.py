@@ -82,6 +82,15 @@ def read_labels(pid: int) -> dict[str, str]:
     return {name: found[name] for name in RANK_LABELS if name in found}
 
 
+#: Looks at an unchanged dump file after which a running process's dump counts as complete.
+STEADY_POLLS = 10
+
+
+def _state(pid: int) -> str | None:
+    stat = process_stat(pid)
+    return None if stat is None else stat.state
+
+
 def _read_text(path: str) -> str | None:
     try:
         with open(path, "rb") as file:
@@ -237,10 +246,14 @@ class _Capture(threading.Thread):
             return False
         finally:
             target.close()
-        last = -1
+        last, steady = -1, 0
         while time.monotonic() < self.deadline:
             size = file_size(path)
-            if size > offset and size == last:
+            steady = steady + 1 if size > offset and size == last else 0
+            # Done when the dump stopped growing and the process went back to waiting
+            # (one descheduled in the middle of its dump is runnable, R); a process
+            # that keeps running is given STEADY_POLLS looks instead.
+            if steady >= STEADY_POLLS or (steady and _state(self.pid) not in ("R", None)):
                 threads = faulthandler_threads(read_from(path, offset))
                 self._keep(threads=threads, source="handler")
                 return True
