@@ -50,7 +50,7 @@ def main() -> int:
         "        total = all_reduce(rank, batch, inboxes)\n"
         f"Rank 1 will hang on step 2 inside {HUNG_FUNCTION}(); the other ranks then wait\n"
         f"for it in {WAITING_FUNCTION}(). The job runs under the watchdog with stack dumps on:\n"
-        f"    $ timer-watchdog run --stacks {stacks} -- python {JOB.name}\n"
+        f"    $ timer-watchdog run --snapshot-budget 10 --stacks {stacks} -- python {JOB.name}\n"
         "Lines starting with 'timer-watchdog:' come from the watchdog, the others "
         "from the job.\n",
         flush=True,
@@ -58,6 +58,9 @@ def main() -> int:
     command = [
         *watchdog_command(),
         "run",
+        # Generous, so that every rank answers even on a loaded machine (default 3 s).
+        "--snapshot-budget",
+        "10",
         "--stacks",
         str(stacks),
         "--events",
