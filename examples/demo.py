@@ -1,13 +1,14 @@
-"""Demo: run a small job under ``timer-watchdog run`` and see why one of its workers hung.
+"""Demo: run a 4-rank job under ``timer-watchdog run`` and see which rank hung, and where.
 
 Run it with ``nox -s demo`` (or ``python examples/demo.py`` once the packages are
-installed). It runs ``examples/demo_job.py``: four worker processes, each step
-under a two-second timer; worker 2 hangs in ``wait_for_gradients_from_peer()``.
-The watchdog notices the expired timer, has the worker dump its stack, kills it,
-and prints a summary; the other three workers finish. The stack dump and the events
-file are kept (in a new directory under the temporary directory, named at the end), so
-that every path the demo prints can be opened. Exits 0 when all of that happened, 1
-otherwise.
+installed). It runs ``examples/demo_job.py``: four ranks that load a batch, then
+exchange gradients through queues, every step. Rank 1 hangs loading data; ranks 0, 2
+and 3 block in ``all_reduce()`` waiting for it. Rank 1's timer expires first: before
+any signal, the watchdog captures every process of the job (stacks, state, rank
+labels) and its job report points at rank 1 and ``load_batch()``; then rank 1 is
+killed, and the job stops the other ranks. The stack dumps, the job report and the events file are kept (in a
+new directory under the temporary directory, named at the end), so that every path
+the demo prints can be opened. Exits 0 when all of that happened, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timer_watchdog import Reaped, decode_event
+from timer_watchdog import JobSnapshot, Reaped, build_report, decode_event
 
 HERE = Path(__file__).resolve().parent
 JOB = HERE / "demo_job.py"
-HUNG_FUNCTION = "wait_for_gradients_from_peer"
+HUNG_FUNCTION = "load_batch"
+WAITING_FUNCTION = "all_reduce"
 
 
 def watchdog_command() -> list[str]:
@@ -40,12 +42,15 @@ def main() -> int:
     stacks, events = workdir / "stacks", workdir / "events.jsonl"
     banner("timer-watchdog demo")
     print(
-        "A job starts four workers. Each training step runs under a 2-second timer:\n"
-        "    with expires(after=2):\n"
-        "        train_step(rank, step)\n"
-        f"Worker 2 will hang on step 3, inside {HUNG_FUNCTION}().\n"
-        "The job runs under the watchdog with stack dumps turned on:\n"
-        f"    $ timer-watchdog run --stacks {stacks} -- python {JOB.name}\n"
+        "A job starts four ranks. Every step, each rank loads a batch, then the ranks\n"
+        "exchange gradients through queues, each part under its own timer:\n"
+        "    with expires(after=1.5):\n"
+        "        batch = load_batch(rank, step)\n"
+        "    with expires(after=4):\n"
+        "        total = all_reduce(rank, batch, inboxes)\n"
+        f"Rank 1 will hang on step 2 inside {HUNG_FUNCTION}(); the other ranks then wait\n"
+        f"for it in {WAITING_FUNCTION}(). The job runs under the watchdog with stack dumps on:\n"
+        f"    $ timer-watchdog run --snapshot-budget 10 --stacks {stacks} -- python {JOB.name}\n"
         "Lines starting with 'timer-watchdog:' come from the watchdog, the others "
         "from the job.\n",
         flush=True,
@@ -53,6 +58,9 @@ def main() -> int:
     command = [
         *watchdog_command(),
         "run",
+        # Generous, so that every rank answers even on a loaded machine (default 3 s).
+        "--snapshot-budget",
+        "10",
         "--stacks",
         str(stacks),
         "--events",
@@ -63,36 +71,47 @@ def main() -> int:
     ]
     status = subprocess.run(command, check=False, timeout=120).returncode
 
-    reaped = [
-        event
-        for event in map(decode_event, events.read_bytes().splitlines())
-        if isinstance(event, Reaped)
-    ]
-    banner("the hung worker's stack, dumped just before the kill")
-    for event in reaped:
-        if event.stack_path:
-            print(f"{event.stack_path}:")
-            print(Path(event.stack_path).read_text().rstrip())
+    recorded = list(map(decode_event, events.read_bytes().splitlines()))
+    reaped = [event for event in recorded if isinstance(event, Reaped)]
+    snapshots = [event for event in recorded if isinstance(event, JobSnapshot)]
+    reports = sorted(stacks.glob("*/job-report.txt"))
+    if reports:
+        banner("the job report, written before the first kill")
+        text = reports[0].read_text()
+        head, _, _ = text.partition("\n\n")
+        print(f"{reports[0]}:\n{head}\n(every process's stacks follow in the file)")
 
-    ok = (
-        status == 1  # the job reports the one worker that was killed
-        and len(reaped) == 1
-        and reaped[0].frame is not None
-        and reaped[0].frame.function == HUNG_FUNCTION
-    )
+    ok = False
+    if status == 1 and len(snapshots) == 1 and reports:
+        report = build_report(snapshots[0])
+        culprit = next((g for g in report.groups if g.culprit), None)
+        waiting = [g for g in report.groups if g.frame and g.frame.function == WAITING_FUNCTION]
+        ok = (
+            report.culprit_rank == "1"
+            and culprit is not None
+            and culprit.frame is not None
+            and culprit.frame.function == HUNG_FUNCTION
+            and len(waiting) == 1
+            and waiting[0].members == ["rank 0", "rank 2", "rank 3"]
+        )
     banner("result")
     if ok:
         print(
-            f"The watchdog killed the hung worker (pid {reaped[0].pid}) and showed that it "
-            f"was stuck in {HUNG_FUNCTION}();\nthe three other workers finished, and the "
-            f"job exited with status {status}, as expected. (The demo read the kill from\n"
-            "the --events file, where the watchdog writes each event as one JSON line.)",
+            f"Rank 1's timer expired first. Before killing anything, the watchdog captured\n"
+            f"every process of the job: its report points at rank 1 in {HUNG_FUNCTION}(),\n"
+            f"while ranks 0, 2 and 3 were waiting for it in {WAITING_FUNCTION}(). Rank 1 was\n"
+            f"then killed, the job stopped the others and exited with status {status}, as "
+            "expected.",
             flush=True,
         )
     else:
-        print(f"Unexpected outcome: job status {status}, reaped events {reaped}", flush=True)
+        print(
+            f"Unexpected outcome: job status {status}, snapshots {len(snapshots)}, "
+            f"reports {reports}, reaped {len(reaped)}",
+            flush=True,
+        )
     print(
-        f"\nThe stack dump and the events file are kept in {workdir};\n"
+        f"\nThe stack dumps, the job report and the events file are kept in {workdir};\n"
         f"remove them with: rm -r {workdir}",
         flush=True,
     )

@@ -236,7 +236,9 @@ class TestHungWorker:
         tmp_path, _ = hung_run
         (reaped,) = [e for e in events_of(tmp_path / "events.jsonl") if isinstance(e, Reaped)]
         (job_dir,) = (tmp_path / "stacks").iterdir()
-        assert [str(p) for p in job_dir.iterdir()] == [reaped.stack_path]
+        # The job report (job-report.txt, of the job snapshot) stays beside it.
+        left = [str(p) for p in job_dir.iterdir() if p.name != "job-report.txt"]
+        assert left == [reaped.stack_path]
 
     def test_summary_says_who_was_killed_where(self, hung_run):
         tmp_path, result = hung_run

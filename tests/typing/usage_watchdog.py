@@ -13,15 +13,23 @@ from timer_watchdog import (
     Event,
     Expired,
     Frame,
+    JobReport,
+    JobSnapshot,
     LoopHealth,
+    ProcessGroup,
+    ProcessSnapshot,
     Reaped,
     Rejected,
+    Signalled,
+    ThreadStack,
     Transport,
     WatchdogPolicy,
     WatchdogServer,
     WatchdogStats,
+    build_report,
     decode_event,
     encode_event,
+    format_report,
 )
 
 
@@ -74,6 +82,17 @@ def on_event(event: Event) -> None:
     elif isinstance(event, ClockSkew):
         skew: float = event.skew
         assert skew
+    elif isinstance(event, JobSnapshot):
+        report: JobReport = build_report(event, armed={1234: 1.0}, host="node-1")
+        text: str = format_report(report, stacks=True)
+        group: ProcessGroup = report.groups[0]
+        process: ProcessSnapshot = report.processes[0]
+        thread: ThreadStack = process.threads[0]
+        rank: str | None = process.labels.get("RANK")
+        assert text or group.members or thread.frames or rank or report.waiting_for
+    elif isinstance(event, Signalled):
+        held: float = event.held
+        assert held >= 0
     elif isinstance(event, Expired):
         asked: int | None = event.signal
         action: int = event.action
@@ -102,6 +121,7 @@ def use() -> None:
     assert kills
     assert server.policy.grace
     forced = WatchdogPolicy(force_signal=True, max_timers_per_worker=100, descendants_of=1)
+    assert WatchdogPolicy(job_snapshot=True, snapshot_budget=3.0).job_snapshot
     health: LoopHealth = WatchdogServer(EmptyQueue(), policy=forced).loop_health()
     alive: tuple[bool, float, int] = (health.running, health.busy_for, health.loops)
     loops: int = stats.loops + stats.clock_skew

@@ -96,8 +96,16 @@ class TestRejected:
             (PID, "s", "1.0"),
             (PID, "s", None),
         ],
-        ids=["pid-str", "pid-bool", "pid-float", "pid-object", "scope-int", "scope-bytes"]
-        + ["expiration-str", "expiration-none"],
+        ids=[
+            "pid-str",
+            "pid-bool",
+            "pid-float",
+            "pid-object",
+            "scope-int",
+            "scope-bytes",
+            "expiration-str",
+            "expiration-none",
+        ],
     )
     def test_torch_style_object_of_wrong_types(
         self, worker_id: Any, scope_id: Any, expiration: Any

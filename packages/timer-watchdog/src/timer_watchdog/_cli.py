@@ -27,8 +27,10 @@ from ._options import (
     signal_number,
 )
 from ._progress import add_options as add_progress_options
+from ._report import report
 from ._run import run
 from ._serve import serve
+from ._snapshot import DEFAULT_BUDGET
 from ._stderr import logging_to_stderr
 from ._transports import ENTRY_POINT_GROUP, TransportError, available
 
@@ -160,6 +162,34 @@ def _common_options(as_json: bool) -> _Parser:
         "if py-spy is installed; e.g. --stacks ./stacks --py-spy",
     )
     group.add_argument(
+        "--job-snapshot",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="at the first expiry, before any signal, capture every process of the job "
+        "(stacks, state, rank labels) and print a job report (default: on for 'run', "
+        "off for 'serve')",
+    )
+    group.add_argument(
+        "--snapshot-budget",
+        type=seconds,
+        default=DEFAULT_BUDGET,
+        metavar="SECONDS",
+        help=f"longest the job snapshot may hold the first signal (default {DEFAULT_BUDGET:g}); "
+        "a process that has not answered by then is marked so; e.g. --snapshot-budget 5",
+    )
+    group.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="at exit, write this host's job report and events into DIR (a shared "
+        "filesystem), under file names carrying the host name; merge them with "
+        f"'{PROG} report DIR'",
+    )
+    group.add_argument(
+        "--host-label",
+        metavar="NAME",
+        help="the name of this host in the job report and --report-dir (default: the host name)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         help="print log lines and the summary as JSON objects, one per line, on stderr",
@@ -266,10 +296,27 @@ def _with_options(args: argparse.Namespace, command: Callable[[Options], int]) -
         options.close()
 
 
+def _add_report(
+    commands: argparse._SubParsersAction[_Parser], common: _Parser, as_json: bool
+) -> None:
+    """Add ``report DIR``."""
+    parser = commands.add_parser(
+        "report",
+        as_json=as_json,
+        help="merge the job reports that several hosts wrote into one --report-dir",
+        description="Merge the job reports and events that each host's watchdog wrote into "
+        "DIR (with --report-dir) into one job view, ordered by wall-clock time.",
+    )
+    parser.add_argument("directory", metavar="DIR", help="the directory given to --report-dir")
+    parser.add_argument("--json", action="store_true", help="print the job view as JSON")
+    parser.set_defaults(handler=report, verbose=False)
+
+
 #: The subcommands, in the order ``--help`` lists them.
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser], _Parser, bool], None], ...] = (
     _add_run,
     _add_serve,
+    _add_report,
 )
 
 

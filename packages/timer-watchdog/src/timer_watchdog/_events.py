@@ -18,11 +18,14 @@ __all__ = [
     "Exited",
     "Expired",
     "Frame",
+    "JobSnapshot",
     "LoopHealth",
+    "ProcessSnapshot",
     "Reaped",
     "Rejected",
     "Released",
     "Signalled",
+    "ThreadStack",
     "Unkillable",
     "WatchdogStats",
     "decode_event",
@@ -88,13 +91,18 @@ class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
 
 
 class Signalled(_Event, frozen=True, kw_only=True, tag="signalled"):
-    """The server sent ``signal`` to a worker; ``detail`` says why (first, escalation, retry, notify)."""
+    """The server sent ``signal`` to a worker; ``detail`` says why (first, escalation, retry, notify).
+
+    ``held`` is how long the first signal waited for the job snapshot (see
+    :class:`JobSnapshot`), in seconds; 0 for every other signal.
+    """
 
     pid: int
     scope_id: str
     signal: int
     late: float
     detail: str
+    held: float = 0.0
 
 
 class Reaped(_Event, frozen=True, kw_only=True, tag="reaped"):
@@ -154,7 +162,80 @@ class ClockSkew(_Event, frozen=True, kw_only=True, tag="clock_skew"):
     skew: float
 
 
-Event = Armed | Released | Expired | Signalled | Reaped | Unkillable | Rejected | Exited | ClockSkew
+class ThreadStack(msgspec.Struct, frozen=True, kw_only=True):
+    """One thread's Python stack: ``ident`` (``threading.get_ident()``, if known), innermost frame first."""
+
+    ident: int | None = None
+    name: str | None = None
+    frames: list[Frame] = []
+
+
+class ProcessSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one process of the job was when the first timer expired.
+
+    Fields:
+        pid, ppid: the process and its parent.
+        command: its name (``/proc/<pid>/comm``).
+        worker: it is known to the server (it armed a timer).
+        labels: rank labels (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ...) from
+            ``/proc/<pid>/environ``: the environment the process was started with.
+        state: the /proc state letter (``R``, ``S``, ``D``, ``T``, ...), ``?`` if unreadable.
+        wchan: the kernel function it waits in (``/proc/<pid>/wchan``), if shown.
+        threads: the Python stack of every thread, if one was obtained.
+        source: where the stacks come from: ``handler`` (the worker's own dump
+            handler) or ``py-spy``; ``None``: no stack.
+        reason: why there is no stack (``None`` when there is one).
+        kernel_stack: for a process in D state, ``/proc/<pid>/stack`` if readable.
+        took: seconds its capture took (the budget, when it did not answer).
+        answered: ``False`` when its capture was still under way when the budget ran out.
+        expired: its timer had expired when the snapshot was taken.
+    """
+
+    pid: int
+    ppid: int | None = None
+    command: str = ""
+    worker: bool = False
+    labels: dict[str, str] = {}
+    state: str = "?"
+    wchan: str | None = None
+    threads: list[ThreadStack] = []
+    source: str | None = None
+    reason: str | None = None
+    kernel_stack: list[str] | None = None
+    took: float = 0.0
+    answered: bool = True
+    expired: bool = False
+
+
+class JobSnapshot(_Event, frozen=True, kw_only=True, tag="snapshot"):
+    """Every live process of the job, captured at the first expiry before any signal.
+
+    ``culprit`` is the worker whose timer expired first (``scope_id`` its timer,
+    ``expiration_time`` its wall-clock deadline); ``budget`` the longest the capture
+    may hold the first signal, ``seconds`` how long it did; ``host`` the host name.
+    """
+
+    host: str
+    culprit: int | None
+    scope_id: str | None
+    expiration_time: float | None
+    budget: float
+    seconds: float
+    processes: list[ProcessSnapshot]
+
+
+Event = (
+    Armed
+    | Released
+    | Expired
+    | Signalled
+    | Reaped
+    | Unkillable
+    | Rejected
+    | Exited
+    | ClockSkew
+    | JobSnapshot
+)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)

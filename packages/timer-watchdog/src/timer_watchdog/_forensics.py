@@ -26,7 +26,7 @@ import msgspec
 
 from timer_api import stack_dump_path
 
-from ._events import Frame
+from ._events import Frame, ThreadStack
 from ._process import Target
 
 __all__ = [
@@ -35,8 +35,10 @@ __all__ = [
     "StackRequest",
     "is_library_file",
     "own_frame",
+    "faulthandler_threads",
     "parse_faulthandler",
     "parse_py_spy",
+    "py_spy_threads",
 ]
 
 logger = logging.getLogger("timer_watchdog")
@@ -86,6 +88,17 @@ def parse_faulthandler(text: str, thread_id: int | None) -> Frame | None:
     With ``thread_id`` ``None``, the current thread's (else the first) block is used.
     Returns ``None`` when the thread or its frames are not in ``text``.
     """
+    return _pick(_faulthandler_blocks(text), thread_id)
+
+
+def faulthandler_threads(text: str) -> list[ThreadStack]:
+    """Return every thread of a faulthandler dump, in the dump's order."""
+    return [
+        ThreadStack(ident=ident, frames=frames) for ident, _, frames in _faulthandler_blocks(text)
+    ]
+
+
+def _faulthandler_blocks(text: str) -> list[_Block]:
     blocks: list[_Block] = []
     for line in text.splitlines():
         header = _FH_HEADER.match(line)
@@ -98,7 +111,7 @@ def parse_faulthandler(text: str, thread_id: int | None) -> Frame | None:
         frame = _FH_FRAME.match(line)
         if frame is not None and blocks:
             blocks[-1][2].append(Frame(frame[1], int(frame[2]), frame[3]))
-    return _pick(blocks, thread_id)
+    return blocks
 
 
 class _SpyFrame(msgspec.Struct):
@@ -121,6 +134,14 @@ class _SpyThread(msgspec.Struct):
 
 
 _SPY_JSON = msgspec.json.Decoder(list[_SpyThread])
+
+
+def py_spy_threads(output: bytes | str) -> list[ThreadStack]:
+    """Return every thread of ``py-spy dump --json`` output; raise ``msgspec.DecodeError`` if it is not."""
+    return [
+        ThreadStack(ident=t.thread_id, name=t.thread_name, frames=t.stack())
+        for t in _SPY_JSON.decode(output)
+    ]
 
 
 def _render_py_spy(threads: list[_SpyThread]) -> str:
@@ -239,11 +260,15 @@ def _write_new(path: str, text: str) -> None:
 
 
 class PySpy:
-    """Run ``py-spy dump`` on workers, if py-spy is installed; say once when it is not."""
+    """Run ``py-spy dump`` on workers, if py-spy is installed; say once when it is not.
 
-    def __init__(self, executable: str | None = None) -> None:
+    With ``quiet``, a missing py-spy is not logged (for a caller that reports it itself).
+    """
+
+    def __init__(self, executable: str | None = None, *, quiet: bool = False) -> None:
         self._executable = executable
         self._looked = executable is not None
+        self._quiet = quiet
         self._lock = threading.Lock()
 
     def executable(self) -> str | None:
@@ -252,7 +277,7 @@ class PySpy:
             if not self._looked:
                 self._looked = True
                 self._executable = shutil.which("py-spy")
-                if self._executable is None:
+                if self._executable is None and not self._quiet:
                     logger.warning("py-spy is not installed; stack dumps use faulthandler only")
             return self._executable
 
@@ -306,7 +331,7 @@ class StackRequest:
         self._spy: SpyDump | None = None
         if stacks_dir is not None and target.catches(stack_signal):
             path = stack_dump_path(stacks_dir, target.pid, target.start_time)
-            self._offset = _size(path)
+            self._offset = file_size(path)
             target.send(stack_signal)
             self.path = path
         if py_spy is not None:
@@ -323,7 +348,7 @@ class StackRequest:
             return None
         dump_done = True
         if self.path is not None:
-            size = _size(self.path)
+            size = file_size(self.path)
             dump_done = size > self._offset and size == self._size
             self._size = size
         spy_done = self._spy is None or not self._spy.is_alive()
@@ -335,19 +360,19 @@ class StackRequest:
         """Return the dump's path (if one was written) and the arming thread's own frame."""
         frame = None
         path = None
-        if self.path is not None and _size(self.path) > self._offset:
+        if self.path is not None and file_size(self.path) > self._offset:
             path = self.path
-            frame = parse_faulthandler(_read_from(self.path, self._offset), self.thread_id)
+            frame = parse_faulthandler(read_from(self.path, self._offset), self.thread_id)
         spy = self._spy
         if spy is not None and not spy.is_alive() and spy.text is not None:
             if frame is None:
                 frame = parse_py_spy(spy.text, self.thread_id)
-            if self.spy_path is not None and _size(self.spy_path) > 0:
+            if self.spy_path is not None and file_size(self.spy_path) > 0:
                 path = path or self.spy_path
         return path, frame
 
 
-def _size(path: str) -> int:
+def file_size(path: str) -> int:
     """Return the size of the file at ``path`` itself (0 if absent or not a regular file)."""
     try:
         st = os.lstat(path)
@@ -356,7 +381,7 @@ def _size(path: str) -> int:
     return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
-def _read_from(path: str, offset: int, limit: int = 1 << 20) -> str:
+def read_from(path: str, offset: int, limit: int = 1 << 20) -> str:
     """Read up to ``limit`` bytes of ``path`` from ``offset``, never through a symlink."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -83,6 +83,13 @@ class Options:
                 observe_only=args.observe_only,
                 stacks_dir=self.stacks_dir,
                 py_spy=args.py_spy,
+                # On by default under ``run``, which owns the whole job; off for ``serve``.
+                job_snapshot=(
+                    args.job_snapshot
+                    if args.job_snapshot is not None
+                    else args.command_name == "run"
+                ),
+                snapshot_budget=args.snapshot_budget,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None

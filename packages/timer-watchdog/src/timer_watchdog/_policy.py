@@ -82,6 +82,10 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
             never evicted.
         descendants_of: admit only workers that descend from this pid (walking the
             /proc parent chain on admission); others are rejected (``not_in_job``).
+        job_snapshot: at the server's first expiry, before any signal, capture every
+            live process of the job (every known worker, and every descendant of
+            ``descendants_of``) and report it as a ``snapshot`` event.
+        snapshot_budget: the longest the snapshot may hold the first signal, in seconds.
 
     Raises ``ValueError`` for a field out of range.
     """
@@ -99,6 +103,8 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
     force_signal: bool = False
     max_timers_per_worker: int = 10_000
     descendants_of: int | None = None
+    job_snapshot: bool = False
+    snapshot_budget: float = 3.0
 
     def __post_init__(self) -> None:
         _check_signal("signal", self.signal)
@@ -108,6 +114,7 @@ class WatchdogPolicy(msgspec.Struct, frozen=True, kw_only=True):
         _check_seconds("grace", self.grace)
         _check_seconds("kill_timeout", self.kill_timeout, positive=True)
         _check_seconds("stack_wait", self.stack_wait)
+        _check_seconds("snapshot_budget", self.snapshot_budget)
         if self.stacks_dir is not None and not isinstance(self.stacks_dir, str):
             raise ValueError(f"stacks_dir must be a str or None, got {self.stacks_dir!r}")
         cap = self.max_timers_per_worker

@@ -3,6 +3,11 @@
 A reap goes through these phases; each :meth:`Reaper.step` does what is due now and
 says when to be called again:
 
+0. ``snapshot`` (only with ``job_snapshot``, at the server's first expiry): capture
+   every live process of the job in the background (see :class:`JobCapture`); every
+   reap that starts meanwhile waits for it, never past ``snapshot_budget``, then takes
+   its worker's stack from the snapshot and skips ``stack`` (unless ``py_spy`` asks
+   for py-spy's dump of the worker, which then follows).
 1. ``stack`` (only with ``stacks_dir`` or ``py_spy``): ask for a stack dump, wait up to
    ``stack_wait`` for it.
 2. ``first``: send the first signal (chosen by the server, see ``WatchdogServer``). A
@@ -26,12 +31,14 @@ import logging
 import signal as _signal
 from collections.abc import Callable
 
-from timer_api import signal_name
+from timer_api import signal_name, stack_dump_path
 
-from ._events import Event, Exited, Frame, Reaped, Signalled, Unkillable
-from ._forensics import PySpy, StackRequest
+from ._events import Event, Exited, Frame, JobSnapshot, Reaped, Signalled, Unkillable
+from ._forensics import POLL_STEP, PySpy, StackRequest, own_frame
+from ._jobreport import process_frame
 from ._policy import WatchdogPolicy, is_terminating
-from ._process import ProcessGone, Target
+from ._process import ProcessGone, Procfs, Target
+from ._snapshot import JobCapture, job_members
 
 __all__ = ["Reap", "Reaper"]
 
@@ -44,7 +51,7 @@ reaping_logger = logging.getLogger("timer_watchdog.reaping")
 FIRST_POLL = 0.002
 MAX_POLL = 0.05
 
-_NEW, _STACK, _FIRST, _GRACE, _CONFIRM = range(5)
+_NEW, _STACK, _FIRST, _GRACE, _CONFIRM, _SNAPSHOT = range(6)
 
 
 class Reap:
@@ -54,6 +61,7 @@ class Reap:
         "deadline",
         "due",
         "frame",
+        "held",
         "last_signal",
         "notified",
         "phase",
@@ -106,6 +114,8 @@ class Reap:
         self.stack: StackRequest | None = None
         self.stack_path: str | None = None
         self.frame: Frame | None = None
+        #: Seconds the first signal waited for the job snapshot.
+        self.held = 0.0
 
 
 class Reaper:
@@ -113,6 +123,8 @@ class Reaper:
 
     ``report(counter, event)`` adds one to the named counter (``None``: none) and
     delivers ``event``, as one step that a reader of the counters cannot split.
+    ``workers()`` returns the ``(pid, start_time)`` of every worker the server knows
+    (for the job snapshot).
     """
 
     def __init__(
@@ -122,32 +134,110 @@ class Reaper:
         report: Callable[[str | None, Event], None],
         wall_clock: Callable[[], float],
         py_spy: PySpy,
+        workers: Callable[[], list[tuple[int, int]]] = list,
+        procfs: Procfs | None = None,
     ) -> None:
         self.policy = policy
         self._report = report
         self._wall = wall_clock
         self._py_spy = py_spy
+        self._workers = workers
+        self._procfs = procfs
+        #: The job snapshot under way, and whether one was taken (once per server).
+        self._capture: JobCapture | None = None
+        self._snapshot_taken = False
+        self._snapshot_result: JobSnapshot | None = None
+
+    def _start(self, reap: Reap, now: float) -> bool:
+        """Leave the snapshot phase: ask for the stack or go on to the first signal."""
+        reap.phase = _STACK if self.policy.stacks_dir or self.policy.py_spy else _FIRST
+        if reap.phase == _STACK:
+            assert reap.target is not None
+            try:
+                reap.stack = StackRequest(
+                    reap.target,
+                    stacks_dir=self.policy.stacks_dir,
+                    stack_signal=self.policy.stack_signal,
+                    wait=self.policy.stack_wait,
+                    thread_id=reap.thread_id,
+                    py_spy=self._py_spy if self.policy.py_spy else None,
+                    now=now,
+                )
+            except ProcessGone as gone:
+                return self._exited(reap, str(gone))
+        return False
+
+    def _snapshot(self, reap: Reap, now: float) -> bool:
+        """Wait for the job snapshot (starting it at the first expiry); ``True``: still waiting."""
+        policy = self.policy
+        if reap.phase == _NEW:
+            if not policy.job_snapshot or (self._snapshot_taken and self._capture is None):
+                return False
+            if self._capture is None:
+                self._snapshot_taken = True
+                self._capture = JobCapture(
+                    job_members(policy.descendants_of, self._workers()),
+                    budget=policy.snapshot_budget,
+                    stacks_dir=policy.stacks_dir,
+                    stack_signal=policy.stack_signal,
+                    # Asked for or not, py-spy stands in for a missing handler, quietly.
+                    py_spy=self._py_spy if policy.py_spy else PySpy(quiet=True),
+                    procfs=self._procfs,
+                    wall_clock=self._wall,
+                )
+            self._capture.expire(reap.pid, reap.scope_id, self._wall() - (now - reap.deadline))
+            reap.phase = _SNAPSHOT
+            reap.held = now
+        capture = self._capture
+        if capture is not None:
+            if not capture.done(now):
+                reap.due = min(now + POLL_STEP, capture.deadline)
+                return True
+            self._capture = None
+            self._snapshot_result = capture.result(now)
+            self._report(None, self._snapshot_result)
+        reap.held = now - reap.held
+        return False
+
+    def _from_snapshot(self, reap: Reap) -> None:
+        """Take the reaped worker's stack from the snapshot it waited for; go on to the first signal.
+
+        The snapshot already asked it (within the budget), so it is not asked again:
+        the first signal never waits longer than the budget.
+        """
+        reap.phase = _FIRST
+        snapshot = self._snapshot_result
+        found = None
+        if snapshot is not None:
+            found = next((p for p in snapshot.processes if p.pid == reap.pid), None)
+        if found is None or not found.threads:
+            return
+        thread = next((t for t in found.threads if t.ident == reap.thread_id), None)
+        if thread is not None:
+            reap.frame = own_frame(thread.frames)
+        else:
+            reap.frame = process_frame(found)
+        if found.source == "handler" and self.policy.stacks_dir is not None:
+            reap.stack_path = stack_dump_path(self.policy.stacks_dir, reap.pid, reap.start_time)
 
     def step(self, reap: Reap, now: float) -> bool:
         """Do what is due for ``reap``; return ``True`` when it is over (its timers can go)."""
-        if reap.phase == _NEW:
-            if reap.target is None:
-                logger.error("not reaping worker %d: it may not be signalled", reap.pid)
+        if reap.phase == _NEW and reap.target is None:
+            logger.error("not reaping worker %d: it may not be signalled", reap.pid)
+            return True
+        if reap.phase in (_NEW, _SNAPSHOT):
+            waited = reap.phase == _SNAPSHOT
+            if self._snapshot(reap, now):
+                return False
+            if waited and not self.policy.py_spy:
+                self._from_snapshot(reap)
+                target = reap.target
+                if reap.stack_path is not None and target is not None and target.state() is None:
+                    # A dump handler chained to the signal's default action ends the worker.
+                    reap.last_signal = self.policy.stack_signal
+                    return self._reaped(reap, now, "died on the stack-dump signal")
+            elif self._start(reap, now):
                 return True
-            reap.phase = _STACK if self.policy.stacks_dir or self.policy.py_spy else _FIRST
-            if reap.phase == _STACK:
-                try:
-                    reap.stack = StackRequest(
-                        reap.target,
-                        stacks_dir=self.policy.stacks_dir,
-                        stack_signal=self.policy.stack_signal,
-                        wait=self.policy.stack_wait,
-                        thread_id=reap.thread_id,
-                        py_spy=self._py_spy if self.policy.py_spy else None,
-                        now=now,
-                    )
-                except ProcessGone as gone:
-                    return self._exited(reap, str(gone))
         target = reap.target
         assert target is not None
         if reap.phase == _STACK:
@@ -240,6 +330,7 @@ class Reaper:
             return True
         reap.last_signal = signum
         late = now - reap.deadline
+        held, reap.held = reap.held, 0.0
         reaping_logger.warning(
             "sent %s to worker %d (%s, timer %r, %.3fs late)",
             signal_name(signum),
@@ -257,6 +348,7 @@ class Reaper:
                 signal=signum,
                 late=late,
                 detail=why,
+                held=round(held, 4),
             ),
         )
         return True

@@ -152,7 +152,19 @@ class WatchdogServer(TimerServer):
         self._loop_thread: threading.Thread | None = None
         self._busy_since = 0.0
         self._policy = policy
-        self._reaper = Reaper(policy, report=self._report, wall_clock=wall_clock, py_spy=PySpy())
+        self._reaper = Reaper(
+            policy,
+            report=self._report,
+            wall_clock=wall_clock,
+            py_spy=PySpy(),
+            workers=self._known_workers,
+            procfs=self._procfs,
+        )
+
+    def _known_workers(self) -> list[tuple[int, int]]:
+        """Return the ``(pid, start_time)`` of every worker known now (for the job snapshot)."""
+        with self._lock:
+            return [(w.pid, w.start_time) for w in self._table]
 
     @property
     def policy(self) -> WatchdogPolicy:

@@ -21,6 +21,7 @@ from types import TracebackType
 import msgspec
 
 from ._events import WatchdogStats
+from ._jobreport import JobReporter
 from ._metrics import STALL_AFTER, Exporter
 from ._options import CommandError, Options
 from ._policy import WatchdogPolicy
@@ -65,6 +66,8 @@ class Session:
             raise CommandError(f"{endpoint_error}: {exc}") from None
         self.started = time.monotonic()
         self.stats: WatchdogStats | None = None
+        #: Builds the job report from the server's snapshot (see ``WatchdogPolicy.job_snapshot``).
+        self.job = JobReporter(host=options.args.host_label, stacks_dir=policy.stacks_dir)
         try:
             self.server = self.transport.server(
                 max_interval=options.args.max_interval, policy=policy
@@ -104,6 +107,7 @@ class Session:
         """
         log = self.options.log
         unsubscribe = self.server.subscribe(log)
+        unsubscribe_job = self.server.subscribe(self.job)
         try:
             exporter = Exporter(
                 self.server,
@@ -123,6 +127,7 @@ class Session:
             finally:
                 exporter.close()
         finally:
+            unsubscribe_job()
             unsubscribe()
         self.stats = self.server.stats()
 
@@ -136,7 +141,16 @@ class Session:
             seconds=time.monotonic() - self.started,
             stats=self.stats,
             stalled=stalled,
+            job=self.job.report,
         )
+        report_dir = self.options.args.report_dir
+        if report_dir is not None:
+            try:
+                self.job.write_dir(report_dir)
+            except OSError as exc:
+                log.note(f"cannot write the job report into --report-dir {report_dir}: {exc}")
+        if self.job.path is not None:
+            log.note(f"job report: {self.job.path}")
         if self.options.args.json:
             log.write(msgspec.json.encode(summary).decode())
         else:

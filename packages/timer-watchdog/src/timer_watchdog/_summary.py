@@ -17,6 +17,7 @@ from ._events import (
     Exited,
     Expired,
     Frame,
+    JobSnapshot,
     Reaped,
     Rejected,
     Released,
@@ -25,6 +26,7 @@ from ._events import (
     WatchdogStats,
     encode_event,
 )
+from ._jobreport import JobReport, format_report
 from ._policy import is_terminating
 
 __all__ = ["EventLog", "Expiry", "Outliver", "Summary", "format_summary"]
@@ -75,6 +77,8 @@ class Summary(msgspec.Struct, kw_only=True):
     outlived: list[Outliver] = []
     #: ``run --progress/--heartbeat`` only: why the job was stopped, if it stalled.
     stalled: str | None = None
+    #: Where every process of the job was at the first expiry (see ``JobReport``).
+    job: JobReport | None = None
 
 
 _QUIET = (Armed, Released)
@@ -199,8 +203,9 @@ class EventLog:
         seconds: float,
         stats: WatchdogStats,
         stalled: str | None = None,
+        job: JobReport | None = None,
     ) -> Summary:
-        """Return the summary of everything recorded so far."""
+        """Return the summary of everything recorded so far (``job``: the job report)."""
         with self._lock:
             return Summary(
                 stopped=stopped,
@@ -211,6 +216,7 @@ class EventLog:
                 expiries=[msgspec.structs.replace(e) for e in self._expiries.values()],
                 outlived=[msgspec.structs.replace(o) for o in self._outlived.values()],
                 stalled=stalled,
+                job=job,
             )
 
 
@@ -264,6 +270,11 @@ def describe(event: Event) -> str:
             f"{event.skew:+.3g}s off its wall-clock time (another time namespace?); "
             "armed by the wall clock"
         )
+    if isinstance(event, JobSnapshot):
+        return (
+            f"job snapshot: {len(event.processes)} process(es) captured in "
+            f"{event.seconds:.2f}s before the first signal"
+        )
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover - the union is closed
 
 
@@ -302,6 +313,8 @@ def format_summary(summary: Summary) -> str:
     for outliver in summary.outlived:
         scopes = ", ".join(repr(scope) for scope in outliver.scope_ids)
         lines.append(f"    pid {outliver.pid} ({scopes}): {_OUTCOMES[outliver.outcome]}")
+    if summary.job is not None:
+        lines.extend("  " + line for line in format_report(summary.job).splitlines())
     return "\n".join(lines)
 
 
