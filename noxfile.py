@@ -8,22 +8,30 @@ from pathlib import Path
 
 import nox
 
-nox.needs_version = ">=2024.4.15"
+nox.needs_version = ">=2024.10.9"  # nox.project.python_versions
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
 ROOT = Path(__file__).parent
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: Every package supports the same Pythons; timer-api's classifiers name them.
+PYTHONS = nox.project.python_versions(
+    nox.project.load_toml(ROOT / "packages" / "timer-api" / "pyproject.toml")
+)
 #: py-spy lets the tests take real py-spy dumps (the watchdog's ``--py-spy``); tests
 #: that need it skip where it is not installed. prometheus_client's parser reads the
 #: metrics the watchdog renders itself (no package depends on it at run time).
+#: pytest-xdist runs the tests of a session side by side: most of them wait on real
+#: processes, pipes and signals, so four workers keep two cores busy.
 TEST_DEPS = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.6",
     "hypothesis>=6.100",
     "py-spy>=0.3.14",
     "prometheus_client>=0.20",
 ]
+#: pytest's arguments in every test session; ``nox -- -n 0`` runs the tests one by one.
+PYTEST = ["pytest", "--numprocesses=4"]
 
 #: Each package and the sibling packages it declares, in install order.
 PACKAGES: dict[str, list[str]] = {
@@ -35,7 +43,7 @@ PACKAGES: dict[str, list[str]] = {
 
 
 def _find_pyenv_interpreters() -> None:
-    """Put every pyenv-installed CPython 3.10-3.13 on PATH so that nox finds ``python3.X``."""
+    """Put every pyenv-installed CPython of PYTHONS on PATH so that nox finds ``python3.X``."""
     pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
     found = []
     for version in PYTHONS:
@@ -50,27 +58,34 @@ def _local(*packages: str) -> list[str]:
     return [str(ROOT / "packages" / name) for name in packages]
 
 
-def _tests_session(package: str) -> None:
-    def tests(session: nox.Session) -> None:
-        session.install(*TEST_DEPS)
-        session.install(*_local(*PACKAGES[package], package))
-        session.run("pytest", f"packages/{package}/tests", *session.posargs)
-
-    tests.__doc__ = f"Test {package} installed alone, with only its declared dependencies."
-    nox.session(name=f"tests-{package}", python=PYTHONS)(tests)
-
-
-for _package in PACKAGES:
-    _tests_session(_package)
+@nox.session(python=PYTHONS)
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """Test one package installed alone, with only its declared dependencies."""
+    session.install(*TEST_DEPS)
+    session.install(*_local(*PACKAGES[package], package))
+    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs)
 
 
 @nox.session(name="tests-all", python=PYTHONS)
 def tests_all(session: nox.Session) -> None:
-    """Test every package installed together, plus the cross-package tests in tests/."""
+    """Run the cross-package tests in tests/ with every package installed together.
+
+    Each package's own tests run in its ``tests`` session, installed alone.
+    """
     session.install(*TEST_DEPS)
     session.install(*_local(*PACKAGES))
+    session.run(*PYTEST, "tests", *session.posargs)
+
+
+@nox.session(python=PYTHONS[-1], default=False)
+def quick(session: nox.Session) -> None:
+    """Check in about a minute: lint, then every test on one Python, stopping at the first failure."""
+    session.install("ruff>=0.8", *TEST_DEPS)
+    session.install(*_local(*PACKAGES))
+    session.run("ruff", "check", ".")
     session.run(
-        "pytest", *[f"packages/{name}/tests" for name in PACKAGES], "tests", *session.posargs
+        *PYTEST, "-x", *[f"packages/{name}/tests" for name in PACKAGES], "tests", *session.posargs
     )
 
 
@@ -79,7 +94,7 @@ def lint(session: nox.Session) -> None:
     """Lint and check formatting with ruff."""
     session.install("ruff>=0.8")
     session.run("ruff", "check", ".", *session.posargs)
-    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "format", "--check", ".", *session.posargs)
 
 
 @nox.session
@@ -95,25 +110,25 @@ def build(session: nox.Session) -> None:
     """Build each package's sdist and wheel on its own with hatch, then run twine check."""
     session.install(*RELEASE_TOOLS)
     session.run("python", "scripts/release.py", "check-all")  # >= lower bounds, one version source
-    for package in PACKAGES:  # scripts/release.py also checks the sdist carries tests + LICENSE
+    for package in session.posargs or PACKAGES:  # also checks the sdist carries tests + LICENSE
         session.run("python", "scripts/release.py", "build", package)
 
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """Run the demo: a four-worker job under `timer-watchdog run`; one worker hangs and is killed."""
+    """Run the demo: a 4-rank job under `timer-watchdog run`; rank 1 hangs, the report names it."""
     session.install(*_local(*PACKAGES))
     session.run("python", "examples/demo.py", *session.posargs)
 
 
-# Releases (issue 8): each package built, checked and installed on its own; workflow files checked.
+# Releases: each package built, checked and installed on its own; workflow files checked.
 
 RELEASE_TOOLS = ["hatch>=1.13", "twine>=6.1", "packaging>=24", "tomli>=2; python_version < '3.11'"]
 #: The four wheels together must weigh less than this many bytes.
 WHEELS_MAX_BYTES = 200_000
 #: The only distributions from outside this repository a package may pull in at run time.
 RUNTIME_DEPS = {"msgspec"}
-#: What installing timer-file's wheel alone must add to an empty venv (issue 8).
+#: What installing timer-file's wheel alone must add to an empty venv.
 TIMER_FILE_CLOSURE = {"timer-file", "timer-api", "timer-watchdog", "msgspec"}
 
 
@@ -127,7 +142,7 @@ def wheels(session: nox.Session) -> None:
     from the index; it must add exactly the package, its declared siblings and msgspec to the
     venv's baseline, import from site-packages, and pass the tests shipped in its sdist, run
     from a temporary directory with the root pytest settings. This runs on Python 3.12 only:
-    the tests-<package> sessions already run every suite on 3.10-3.13.
+    the ``tests`` sessions already run every package's suite on each Python.
     """
     import shutil
 
@@ -187,7 +202,8 @@ def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path)
     shutil.copytree(
         work / "sdists" / sdist.name.removesuffix(".tar.gz") / "tests", run_dir / "tests"
     )
-    pytest = [str(venv / "bin" / "pytest"), "-c", str(ROOT / "pyproject.toml"), "--rootdir", "."]
+    pytest = [str(venv / "bin" / PYTEST[0]), *PYTEST[1:], "-c", str(ROOT / "pyproject.toml")]
+    pytest += ["--rootdir", "."]
     _in_venv(
         session, venv, *pytest, "-p", "no:cacheprovider", "tests", *session.posargs, cwd=run_dir
     )
@@ -247,7 +263,7 @@ def interop(session: nox.Session) -> None:
 
 @nox.session(python="3.11", venv_backend="venv", default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmark ours against torch 2.13 side by side; write docs/benchmarks/ (about 10 min)."""
+    """Benchmark ours against torch 2.13 side by side; write docs/benchmarks/ (about 6 min)."""
     session.install(*_local(*PACKAGES), "matplotlib>=3.8")
     try:  # pip takes torch from the local CPU wheel; without it ours is measured alone
         session.run_install("python", "-m", "pip", "install", "torch==2.13.0")
