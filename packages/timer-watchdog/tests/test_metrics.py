@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from timer_api import InvalidRequestError, RejectReason, TimerRequest
 from timer_watchdog import Armed, Reaped
+from timer_watchdog._files import write_atomically
 from timer_watchdog._metrics import (
     CONTENT_TYPE,
     Exporter,
@@ -27,7 +28,6 @@ from timer_watchdog._metrics import (
     escape_label,
     format_value,
     parse_address,
-    write_atomically,
 )
 
 PATIENCE = 60.0

@@ -45,6 +45,8 @@ def load_batch():
 
 def wait_in_collective():
     print("ready", flush=True)
+    while sys.argv[2] == "wait-elsewhere":  # the same function, another line
+        time.sleep(0.05)
     while True:
         time.sleep(0.05)
 
@@ -165,6 +167,13 @@ class TestGrouping:
         assert "1 process (rank 1): load_batch() at " in text
         assert "its timer expired first, 2.0s after the others were already waiting" in text
         assert "3 processes (ranks 0, 2, 3): wait_in_collective() at " in text
+
+    def test_one_function_at_two_lines_is_one_group(self, rank, tmp_path):
+        ranks = [rank(str(tmp_path), mode, n) for n, mode in enumerate(["wait", "wait-elsewhere"])]
+        report = build_report(capture(ranks, str(tmp_path), py_spy=None))
+        assert [(g.frame.function if g.frame else None, g.members) for g in report.groups] == [
+            ("wait_in_collective", ["rank 0", "rank 1"])
+        ]
 
 
 class TestWithoutStack:

@@ -13,7 +13,6 @@ installed, that is logged once. Dump files are never followed through a symlink.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ import msgspec
 from timer_api import stack_dump_path
 
 from ._events import Frame, ThreadStack
+from ._files import write_atomically
 from ._process import Target
 
 __all__ = [
@@ -238,25 +238,10 @@ class SpyDump(threading.Thread):
                 return
             text = _render_py_spy(_SPY_JSON.decode(done.stdout))
             if self.out_path is not None:
-                _write_new(self.out_path, text)
+                write_atomically(self.out_path, text, mode=0o600)
             self.text = text
         except (OSError, subprocess.SubprocessError, msgspec.DecodeError) as exc:
             logger.warning("py-spy dump of pid %d failed: %s", pid, exc)
-
-
-def _write_new(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a fresh ``.partial`` file (0600, no symlink followed)."""
-    partial = path + ".partial"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(partial, flags, 0o600)
-    try:
-        with open(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(partial, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
 
 
 class PySpy:

@@ -28,6 +28,7 @@ from ._events import (
     Released,
     decode_event,
 )
+from ._files import write_atomically
 from ._forensics import is_library_file, own_frame
 
 logger = logging.getLogger("timer_watchdog")
@@ -149,11 +150,12 @@ def build_report(
     for process in sorted(snapshot.processes, key=_rank_key):
         frame = process_frame(process)
         if frame is not None:
-            key: tuple[object, ...] = ("frame", frame.file, frame.line, frame.function)
+            # By function, not line: a process polling in a loop moves between lines.
+            key: tuple[object, ...] = ("frame", frame.file, frame.function)
         else:
             key = ("reason", process.reason or "no stack")
         by_key.setdefault(key, []).append(process)
-        frames[key] = frame
+        frames.setdefault(key, frame)  # the line of the lowest rank
     groups = [
         ProcessGroup(
             frame=frames[key],
@@ -309,10 +311,7 @@ def write_report_files(
     written = []
     for name, data in ((report_name, payload), (events_name, lines)):
         path = os.path.join(directory, name)
-        partial = f"{path}.{os.getpid()}.partial"
-        with open(partial, "wb") as out:
-            out.write(data)
-        os.replace(partial, path)
+        write_atomically(path, data)
         written.append(path)
     return written
 
@@ -429,7 +428,7 @@ def merge_reports(reports: list[JobReport], events: Mapping[str, list[Event]]) -
         for group in report.groups:
             frame = group.frame
             key: tuple[object, ...] = (
-                ("frame", frame.file, frame.line, frame.function)
+                ("frame", frame.file, frame.function)
                 if frame is not None
                 else ("reason", group.reason)
             )

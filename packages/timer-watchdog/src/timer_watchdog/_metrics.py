@@ -9,13 +9,10 @@ node_exporter's textfile collector, replaced atomically.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import logging
 import math
-import os
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -24,6 +21,7 @@ from timer_api import RejectReason, signal_name
 
 from .__about__ import __version__
 from ._events import Event, Reaped, Rejected, Signalled
+from ._files import write_atomically
 from ._server import WatchdogServer
 
 __all__ = [
@@ -41,7 +39,6 @@ __all__ = [
     "format_value",
     "loop_alive",
     "parse_address",
-    "write_atomically",
 ]
 
 logger = logging.getLogger("timer_watchdog")
@@ -371,21 +368,6 @@ class MetricsHTTP:
 
 
 # -- export to a file -------------------------------------------------------------------
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` by a file holding ``text``: a temporary file in its directory, renamed."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o644)
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 class MetricsFile:
