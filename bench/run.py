@@ -36,6 +36,7 @@ from bench import (
     memory,
     progress,
     reap,
+    snapshot,
     table_ops,
 )
 from bench._child import ROOT
@@ -51,6 +52,7 @@ WORKLOADS = {
     6: ("memory per timer", memory.figures),
     7: ("timer table calls", table_ops.figures),
     8: ("run --progress", progress.figures),
+    9: ("job snapshot", snapshot.figures),
 }
 
 SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
@@ -64,6 +66,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         6: {"rounds": 2, "n": 100_000},
         7: {"rounds": 4, "n": 100_000, "calls": 5},
         8: {"rounds": 1, "size_mb": 100, "repeats": 15, "stalls": 10, "stall": 1.0},
+        9: {"rounds": 2, "processes": 16, "snapshots": 7, "budget": 10.0},
     },
     "quick": {
         0: {"rounds": 1, "samples": 3, "iterations": {"ours": 5_000, "torch": 20}},
@@ -75,6 +78,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
         6: {"rounds": 1, "n": 20_000},
         7: {"rounds": 1, "n": 100_000, "calls": 2},
         8: {"rounds": 1, "size_mb": 20, "repeats": 3, "stalls": 2, "stall": 1.0},
+        9: {"rounds": 1, "processes": 16, "snapshots": 3, "budget": 10.0},
     },
 }
 
