@@ -21,6 +21,8 @@ class Wakeup:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
+        self._poll = select.poll()  # not select(): no limit on the fd's number
+        self._poll.register(self._read, select.POLLIN)
 
     def __enter__(self) -> Wakeup:
         return self
@@ -40,11 +42,7 @@ class Wakeup:
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the flag; return whether it is set."""
-        try:
-            readable, _, _ = select.select([self._read], [], [], max(timeout, 0.0))
-        except InterruptedError:  # pragma: no cover - PEP 475 retries select
-            return self.is_set()
-        return bool(readable)
+        return bool(self._poll.poll(max(timeout, 0.0) * 1000.0))
 
     def clear(self) -> None:
         """Take the flag down (drain the pipe)."""
