@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from timer_api import InvalidRequestError, RejectReason, TimerRequest, decode_msgpack
+from timer_api import (
+    InvalidRequestError,
+    RejectReason,
+    TimerRequest,
+    check_request,
+    decode_msgpack,
+)
 
 __all__ = ["to_request"]
 
@@ -10,40 +16,30 @@ _LEGACY_FIELDS = ("worker_id", "scope_id", "expiration_time")
 
 
 def to_request(item: object) -> TimerRequest | InvalidRequestError:
-    """Return ``item`` as a request, or an :class:`InvalidRequestError` saying why it is not one.
+    """Return ``item`` as a checked request, or an :class:`InvalidRequestError` saying why it is not one.
 
-    ``item`` is MessagePack bytes from :class:`LocalTimerClient` (decoded, so checked
-    as the wire format says), a ``timer_api.TimerRequest`` (returned as it is: the
-    server checks its values, as torch's does), or any object with torch's
-    ``worker_id``, ``scope_id`` and ``expiration_time`` attributes of the right types
-    (an int, a str, a number), which becomes a request with those fields. Anything
-    else is a ``wrong_object`` or ``wrong_type`` rejection.
+    ``item`` is MessagePack bytes from :class:`LocalTimerClient` (decoded), a
+    ``timer_api.TimerRequest``, or any object with torch's ``worker_id``,
+    ``scope_id`` and ``expiration_time`` attributes (torch's ``TimerRequest``),
+    which becomes a request with those fields. Either way the request is checked
+    against the one schema (:func:`timer_api.check_request`), so a bad value is
+    refused with the reason and message the wire format would give it.
     """
-    if type(item) is bytes:
+    if isinstance(item, (bytes, bytearray, memoryview)):
         try:
-            return decode_msgpack(item)
+            return decode_msgpack(bytes(item) if type(item) is not bytes else item)
         except InvalidRequestError as error:
             return error
-    if isinstance(item, (bytearray, memoryview)):
-        return to_request(bytes(item))
-    if isinstance(item, TimerRequest):
-        return item
+    if not isinstance(item, TimerRequest):
+        try:
+            worker_id, scope_id, expiration_time = (getattr(item, name) for name in _LEGACY_FIELDS)
+        except Exception:  # AttributeError, or whatever a hostile property raises
+            return InvalidRequestError(
+                RejectReason.WRONG_OBJECT,
+                f"expected MessagePack bytes or a TimerRequest, got {type(item).__qualname__}",
+            )
+        item = TimerRequest(worker_id, scope_id, expiration_time)
     try:
-        worker_id, scope_id, expiration_time = (getattr(item, name) for name in _LEGACY_FIELDS)
-    except Exception:  # AttributeError, or whatever a hostile property raises
-        return InvalidRequestError(
-            RejectReason.WRONG_OBJECT,
-            f"expected MessagePack bytes or a TimerRequest, got {type(item).__qualname__}",
-        )
-    if (
-        type(worker_id) is not int
-        or type(scope_id) is not str
-        or type(expiration_time) not in (int, float)
-    ):
-        return InvalidRequestError(
-            RejectReason.WRONG_TYPE,
-            f"{type(item).__qualname__} has worker_id {type(worker_id).__name__}, "
-            f"scope_id {type(scope_id).__name__}, "
-            f"expiration_time {type(expiration_time).__name__}",
-        )
-    return TimerRequest(worker_id, scope_id, expiration_time)
+        return check_request(item)
+    except InvalidRequestError as error:
+        return error

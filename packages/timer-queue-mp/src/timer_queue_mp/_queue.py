@@ -47,6 +47,8 @@ class MultiprocessingRequestQueue(RequestQueue):
     ``multiprocessing.Queue`` is read in bulk, many items per system call.
     """
 
+    checked = True  # every item goes through to_request
+
     def __init__(self, mp_queue: Any) -> None:
         if isinstance(mp_queue, multiprocessing.queues.SimpleQueue):
             raise TypeError(

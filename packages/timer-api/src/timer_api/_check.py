@@ -1,0 +1,128 @@
+"""Check requests against the one schema: the constraints annotated on :class:`TimerRequest`.
+
+The decoders apply those constraints to bytes; :func:`check_request` applies the very
+same ones, through msgspec, to a request built in Python, and :func:`check_column` to
+one field of many requests at once. Every rejection names its reason the same way
+(:func:`rejection`) and its field by its wire name, so a bad request gets the same
+error whichever way it arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from ._errors import InvalidRequestError, RejectReason
+from ._request import TimerRequest
+
+__all__ = [
+    "check_arm",
+    "check_column",
+    "check_request",
+    "check_scope",
+    "check_signal",
+    "rejection",
+]
+
+_FIELDS = msgspec.structs.fields(TimerRequest)
+#: Each field's annotated type (its constraints included), by attribute name.
+_TYPES: dict[str, Any] = {field.name: field.type for field in _FIELDS}
+#: Each field's name on the wire (``worker_id`` is ``pid``), by attribute name.
+_WIRE_NAMES = {field.name: field.encode_name for field in _FIELDS}
+_INDEX = re.compile(r"`\$\[(\d+)\]`")
+_FLOAT_FIELDS = ("`$.expiration_time`", "`$.deadline`")
+_convert = msgspec.convert
+_astuple = msgspec.structs.astuple
+
+
+class _Rows:
+    """Some fields of the request as one positional record, checked in one call into C."""
+
+    __slots__ = ("_names", "_type")
+
+    def __init__(self, *names: str) -> None:
+        self._type = msgspec.defstruct(
+            "_Row", [(name, _TYPES[name]) for name in names], array_like=True, gc=False
+        )
+        self._names = tuple(_WIRE_NAMES[name] for name in names)
+
+    def check(self, values: tuple[Any, ...]) -> None:
+        """Raise the :class:`InvalidRequestError` that ``values`` (in field order) deserve, if any."""
+        try:
+            _convert(values, self._type)
+        except msgspec.ValidationError as exc:
+            names = self._names
+            message = _INDEX.sub(lambda m: f"`$.{names[int(m.group(1))]}`", str(exc), 1)
+            raise rejection(msgspec.ValidationError(message)) from None
+
+
+_REQUEST = _Rows(*_TYPES)
+_ARM = _Rows("scope_id", "expiration_time")
+_SCOPE = _Rows("scope_id")
+_SIGNAL = _Rows("signal")
+_COLUMNS: dict[str, Any] = {name: list[kind] for name, kind in _TYPES.items()}  # type: ignore[valid-type]
+
+
+def check_request(request: object) -> TimerRequest:
+    """Return ``request`` if every field satisfies the schema, else raise :class:`InvalidRequestError`.
+
+    The error is the one decoding the same values from the wire gives: the same
+    reason, and msgspec's message naming the field by its wire name.
+    """
+    if not isinstance(request, TimerRequest):
+        raise InvalidRequestError(
+            RejectReason.WRONG_OBJECT, f"expected a TimerRequest, got {type(request).__qualname__}"
+        )
+    _REQUEST.check(_astuple(request)[: len(_FIELDS)])
+    return request
+
+
+def check_arm(scope_id: object, expiration_time: object) -> None:
+    """Raise :class:`InvalidRequestError` unless an arm of ``scope_id`` at ``expiration_time`` is valid."""
+    _ARM.check((scope_id, expiration_time))
+
+
+def check_scope(scope_id: object) -> None:
+    """Raise :class:`InvalidRequestError` unless ``scope_id`` is a valid scope."""
+    _SCOPE.check((scope_id,))
+
+
+def check_signal(signal: object) -> None:
+    """Raise :class:`InvalidRequestError` unless ``signal`` is a valid ``signal`` field."""
+    _SIGNAL.check((signal,))
+
+
+def check_column(name: str, values: list[Any]) -> bool:
+    """Tell whether every item of ``values`` is valid in field ``name`` (one call into C)."""
+    try:
+        _convert(values, _COLUMNS[name])
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def rejection(exc: msgspec.DecodeError, raw: bytes = b"") -> InvalidRequestError:
+    """Turn msgspec's error about a request into an :class:`InvalidRequestError` with a reason."""
+    message = str(exc)
+    bounded = "` >" in message or "` <" in message or "` of length " in message
+    if not isinstance(exc, msgspec.ValidationError):
+        reason = RejectReason.MALFORMED
+    elif message.startswith("Object missing required field"):
+        reason = RejectReason.MISSING_FIELD
+    elif message.startswith(("Expected `object`", "Expected `array`")):
+        reason = RejectReason.MALFORMED
+    elif message.endswith("`$.pid`"):
+        reason = RejectReason.BAD_PID if bounded else RejectReason.WRONG_TYPE
+    elif message.endswith("`$.version`"):
+        reason = RejectReason.BAD_VERSION if "int` " in message else RejectReason.WRONG_TYPE
+    elif message.endswith(_FLOAT_FIELDS) and (
+        message.startswith("Number out of range") or "float` " in message
+    ):
+        reason = RejectReason.NON_FINITE
+    elif message.startswith("Expected `") and not bounded:
+        reason = RejectReason.WRONG_TYPE
+    else:
+        reason = RejectReason.OUT_OF_RANGE
+    return InvalidRequestError(reason, message, raw)
