@@ -116,29 +116,41 @@ def _rebuild(
             )
         return out
     signal, start_time, thread_id, has_deadline = first
+    # tolist() makes the floats in one C loop, cheaper than iterating the arrays.
+    if not has_deadline and thread_id is None:  # five arguments: no heap-allocated call frame
+        return list(
+            map(
+                TimerRequest,
+                repeat(pid),
+                scopes,
+                expirations.tolist(),
+                repeat(signal),
+                repeat(start_time),
+            )
+        )
     return list(
         map(
             TimerRequest,
             repeat(pid),
             scopes,
-            expirations,
+            expirations.tolist(),
             repeat(signal),
             repeat(start_time),
-            deadlines if has_deadline else repeat(None),
+            deadlines.tolist() if has_deadline else repeat(None),
             repeat(thread_id),
         )
     )
 
 
 def _columns(
-    head: TimerRequest, rest: list[TimerRequest], checked: bool
+    head: TimerRequest, rest: list[TimerRequest]
 ) -> tuple[list[Any], list[Any], list[Any]] | None:
     """Return the scopes, expiration times and deadlines of ``rest``; ``None`` if one is unlike ``head``.
 
     Unlike: not a :class:`TimerRequest`, or another pid, signal, start time, thread,
-    version or fallback flag than ``head``. For requests not ``checked`` against the
-    schema yet, those fields must be ``head``'s very objects (so they are exactly as
-    valid as ``head``'s); for checked ones, equal values suffice.
+    version or fallback flag than ``head``: each must be ``head``'s very object, or
+    equal to it and of exactly its type, so that it is exactly as valid as ``head``'s
+    (``True == 1`` and ``9.0 == 9`` do not pass).
     """
     pid, signal, start_time, thread_id = (
         head.worker_id,
@@ -147,40 +159,39 @@ def _columns(
         head.thread_id,
     )
     version, fallback = head.version, head.signal_is_fallback
+    pid_type, signal_type, start_type, thread_type = map(type, (pid, signal, start_time, thread_id))
     scopes: list[Any] = []
     expirations: list[Any] = []
     deadlines: list[Any] = []
     add_scope, add_expiration, add_deadline = scopes.append, expirations.append, deadlines.append
     request_type = TimerRequest
     try:
-        if checked:
-            for request in rest:
-                if (
-                    request.worker_id != pid
-                    or request.signal != signal
-                    or request.start_time != start_time
-                    or request.thread_id != thread_id
-                    or request.signal_is_fallback is not fallback
-                ):
-                    return None
-                add_scope(request.scope_id)
-                add_expiration(request.expiration_time)
-                add_deadline(request.deadline)
-        else:
-            for request in rest:
-                if (
-                    type(request) is not request_type
-                    or request.worker_id is not pid
-                    or request.signal is not signal
-                    or request.start_time is not start_time
-                    or request.thread_id is not thread_id
-                    or request.version is not version
-                    or request.signal_is_fallback is not fallback
-                ):
-                    return None
-                add_scope(request.scope_id)
-                add_expiration(request.expiration_time)
-                add_deadline(request.deadline)
+        for request in rest:
+            if (
+                type(request) is not request_type
+                or request.version is not version
+                or request.signal_is_fallback is not fallback
+                or (
+                    (value := request.worker_id) is not pid
+                    and (value != pid or type(value) is not pid_type)
+                )
+                or (
+                    (value := request.thread_id) is not thread_id
+                    and (value != thread_id or type(value) is not thread_type)
+                )
+                or (
+                    (value := request.start_time) is not start_time
+                    and (value != start_time or type(value) is not start_type)
+                )
+                or (
+                    (value := request.signal) is not signal
+                    and (value != signal or type(value) is not signal_type)
+                )
+            ):
+                return None
+            add_scope(request.scope_id)
+            add_expiration(request.expiration_time)
+            add_deadline(request.deadline)
     except AttributeError:  # not requests at all: the caller rejects them one by one
         return None
     return scopes, expirations, deadlines
@@ -538,16 +549,16 @@ class TimerTable:
         ``rest`` names, a non-negative expiration time, and a deadline if and only
         if ``head`` has one (``offset`` converts expiration times to monotonic
         deadlines otherwise), within ``tolerance`` seconds of the converted
-        expiration time. Unless ``checked`` (the requests were checked against the
-        schema already), the fields shared with ``head`` must be ``head``'s own
-        objects and the others are checked a column at a time
+        expiration time. The fields shared with ``head`` must be exactly ``head``'s
+        (see :func:`_columns`); unless ``checked`` (the requests were checked against
+        the schema already), the others are checked a column at a time
         (:func:`timer_api.check_column`): the same constraints, one call into C
         each. Returns the scopes armed and their deadlines; ``None`` changes nothing.
         """
         key = worker.timers.get(head.scope_id)
         if key is None or worker.request(key & _SLOT_MASK) != head:
             return None  # head was not armed as it is
-        columns = _columns(head, rest, checked)
+        columns = _columns(head, rest)
         if columns is None:
             return None
         scopes, expirations, deadlines = columns
