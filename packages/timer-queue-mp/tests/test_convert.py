@@ -108,29 +108,49 @@ class TestRejected:
         assert error.reason is RejectReason.WRONG_TYPE
 
 
-class TestValuesAreTheServersToCheck:
-    """torch's queue returns what was put; range checks are the engine's (see test_server)."""
+class TestValuesAreCheckedAsTheWireFormatChecksThem:
+    """A request object put on the queue is checked like decoded bytes: one schema, one path."""
 
     @pytest.mark.parametrize(
-        "request_",
+        ("request_", "reason"),
         [
-            TimerRequest(0, "s", 0),
-            TimerRequest(-5, "s", 1.0),
-            TimerRequest(PID, "s", 1.0, signal=99),
-            TimerRequest(PID, "s", math.nan),
-            TimerRequest(PID, "s" * 3000, 1.0),
+            (TimerRequest(0, "s", 0), RejectReason.BAD_PID),
+            (TimerRequest(-5, "s", 1.0), RejectReason.BAD_PID),
+            (TimerRequest(PID, "s", 1.0, signal=99), RejectReason.OUT_OF_RANGE),
+            (TimerRequest(PID, "s", math.nan), RejectReason.NON_FINITE),
+            (TimerRequest(PID, "s" * 3000, 1.0), RejectReason.OUT_OF_RANGE),
         ],
         ids=["pid-0", "pid-negative", "signal-99", "nan", "long-scope"],
     )
-    def test_request_object_comes_back_as_it_was_put(self, request_: TimerRequest) -> None:
-        assert to_request(request_) is request_
+    def test_bad_request_object_is_refused_as_its_bytes_are(
+        self, request_: TimerRequest, reason: RejectReason
+    ) -> None:
+        error = to_request(request_)
+        assert isinstance(error, InvalidRequestError)
+        assert error.reason is reason
+        as_bytes = to_request(msgspec.msgpack.encode(request_))
+        assert isinstance(as_bytes, InvalidRequestError)
+        assert (as_bytes.reason, as_bytes.detail) == (reason, error.detail)
 
     @pytest.mark.parametrize(
-        ("worker_id", "expiration"),
-        [(0, 0), (-5, 1.0), (2**70, 1.0), (PID, math.inf), (PID, -1)],
+        ("worker_id", "expiration", "reason"),
+        [
+            (0, 0, RejectReason.BAD_PID),
+            (-5, 1.0, RejectReason.BAD_PID),
+            (2**70, 1.0, RejectReason.BAD_PID),
+            (PID, math.inf, RejectReason.NON_FINITE),
+        ],
     )
-    def test_torch_style_object_keeps_its_values(self, worker_id: int, expiration: float) -> None:
+    def test_torch_style_object_with_bad_values_is_refused(
+        self, worker_id: int, expiration: float, reason: RejectReason
+    ) -> None:
         legacy = types.SimpleNamespace(
             worker_id=worker_id, scope_id="s", expiration_time=expiration
         )
-        assert to_request(legacy) == TimerRequest(worker_id, "s", expiration)
+        error = to_request(legacy)
+        assert isinstance(error, InvalidRequestError)
+        assert error.reason is reason
+
+    def test_torch_style_release_keeps_its_values(self) -> None:
+        legacy = types.SimpleNamespace(worker_id=PID, scope_id="s", expiration_time=-1)
+        assert to_request(legacy) == TimerRequest(PID, "s", -1)

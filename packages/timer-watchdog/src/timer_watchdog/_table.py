@@ -120,7 +120,7 @@ def _rebuild(
     if not has_deadline and thread_id is None:  # five arguments: no heap-allocated call frame
         return list(
             map(
-                TimerRequest,
+                TimerRequest,  # type: ignore[arg-type]  # no holes left: every scope is a str
                 repeat(pid),
                 scopes,
                 expirations.tolist(),
@@ -165,6 +165,7 @@ def _columns(
     deadlines: list[Any] = []
     add_scope, add_expiration, add_deadline = scopes.append, expirations.append, deadlines.append
     request_type = TimerRequest
+    value: Any
     try:
         for request in rest:
             if (
@@ -667,12 +668,12 @@ class TimerTable:
 
     def _order_run(self, worker: Worker, start: int, stop: int) -> None:
         """Give a heap key to each timer of ``worker``'s slots ``start:stop`` still armed by its run."""
-        timers = worker.timers
-        scopes = worker.scopes[start:stop]
-        slots = range(start, start + len(scopes))
+        timers: dict[Any, int] = worker.timers
+        held = worker.scopes[start:stop]
+        slots = range(start, start + len(held))
         # Still the run's: the scope maps to the slot number itself (not a key).
-        mine = list(map(eq, map(timers.get, scopes), slots))
-        scopes = list(compress(scopes, mine))
+        mine = list(map(eq, map(timers.get, held), slots))
+        scopes = list(compress(held, mine))
         if not scopes:
             return
         base, deadlines = worker.base, worker.deadlines
