@@ -187,3 +187,15 @@ def test_a_batch_with_a_deadline_off_its_expiration_time_is_taken_one_by_one(
     whole, single = _both(make_server, batch)
     assert whole == single
     assert bulk_calls == []
+
+
+def test_a_batch_whose_first_request_is_not_valid_is_taken_one_by_one(
+    make_server, spawn, bulk_calls
+):
+    child = spawn()
+    batch = _batch(child)
+    batch[0] = TimerRequest([child.pid], "s0", time.time() + 3600)  # type: ignore[arg-type]
+    whole, single = _both(make_server, batch)
+    assert whole == single
+    assert whole[0] == (N, N - 1, 0, 1, N - 1)
+    assert bulk_calls == []

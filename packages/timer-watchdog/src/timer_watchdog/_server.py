@@ -404,6 +404,10 @@ class WatchdogServer(TimerServer):
         that would pass the worker's cap) is left to the caller, whole.
         """
         head = timer_requests[0]
+        try:
+            check_request(head)
+        except InvalidRequestError:
+            return timer_requests  # rejected with the others, one by one
         self.register_timers([head])
         rest = timer_requests[1:]
         with self._report_lock:
