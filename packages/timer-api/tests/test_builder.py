@@ -121,3 +121,8 @@ class TestChecked:
 
     def test_longest_scope_is_accepted(self) -> None:
         assert RequestBuilder().release("x" * 2048).scope_id == "x" * 2048
+        assert RequestBuilder().arm("x" * 2048, 1.0).scope_id == "x" * 2048
+
+    @pytest.mark.parametrize("expiration", [0, 5, 1.7976931348623157e308, -1.0])
+    def test_any_finite_number_is_an_expiration_time(self, expiration: float) -> None:
+        assert RequestBuilder().arm("s", expiration).expiration_time == expiration
