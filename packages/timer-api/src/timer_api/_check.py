@@ -9,13 +9,13 @@ error whichever way it arrives.
 
 from __future__ import annotations
 
-import re
+import functools
 from typing import Any, get_args
 
 import msgspec
 
 from ._errors import InvalidRequestError, RejectReason
-from ._request import TimerRequest
+from ._request import ScopeId, Seconds, TimerRequest
 
 __all__ = [
     "check_arm",
@@ -26,43 +26,55 @@ __all__ = [
     "rejection",
 ]
 
-_FIELDS = msgspec.structs.fields(TimerRequest)
-#: Each field's annotated type (its constraints included), by attribute name.
-_TYPES: dict[str, Any] = {field.name: field.type for field in _FIELDS}
-#: Each field's name on the wire (``worker_id`` is ``pid``), by attribute name.
-_WIRE_NAMES = {field.name: field.encode_name for field in _FIELDS}
-_INDEX = re.compile(r"`\$\[(\d+)\]`")
 _FLOAT_FIELDS = ("`$.expiration_time`", "`$.deadline`")
 _convert = msgspec.convert
 _astuple = msgspec.structs.astuple
 
 
+@functools.cache
+def _fields() -> dict[str, tuple[Any, str]]:
+    """Return each field's annotated type (constraints included) and wire name, by attribute.
+
+    Read once, when first needed (``worker_id`` is ``pid`` on the wire).
+    """
+    return {f.name: (f.type, f.encode_name) for f in msgspec.structs.fields(TimerRequest)}
+
+
 class _Rows:
-    """Some fields of the request as one positional record, checked in one call into C."""
+    """Some fields of the request as one positional record, checked in one call into C.
 
-    __slots__ = ("_names", "_type")
+    The record type is made on first use, off a worker's import path.
+    """
 
-    def __init__(self, *names: str) -> None:
-        self._type = msgspec.defstruct(
-            "_Row", [(name, _TYPES[name]) for name in names], array_like=True, gc=False
-        )
-        self._names = tuple(_WIRE_NAMES[name] for name in names)
+    __slots__ = ("_fields", "_type")
+
+    def __init__(self, *fields: str) -> None:
+        self._fields = fields
+        self._type: Any = None
 
     def check(self, values: tuple[Any, ...]) -> None:
         """Raise the :class:`InvalidRequestError` that ``values`` (in field order) deserve, if any."""
+        if self._type is None:
+            fields = _fields()
+            self._type = msgspec.defstruct(
+                "_Row",
+                [(name, fields[name][0]) for name in self._fields],
+                array_like=True,
+                gc=False,
+            )
         try:
             _convert(values, self._type)
         except msgspec.ValidationError as exc:
-            names = self._names
-            message = _INDEX.sub(lambda m: f"`$.{names[int(m.group(1))]}`", str(exc), 1)
+            message = str(exc)
+            for index, name in enumerate(self._fields):  # `$[1]` is `$.scope_id`
+                message = message.replace(f"`$[{index}]`", f"`$.{_fields()[name][1]}`")
             raise rejection(msgspec.ValidationError(message)) from None
 
 
-_REQUEST = _Rows(*_TYPES)
+_REQUEST = _Rows(*TimerRequest.__struct_fields__)
 _ARM = _Rows("scope_id", "expiration_time")
 _SCOPE = _Rows("scope_id")
 _SIGNAL = _Rows("signal")
-_COLUMNS: dict[str, Any] = {name: list[kind] for name, kind in _TYPES.items()}  # type: ignore[valid-type]
 
 
 def check_request(request: object) -> TimerRequest:
@@ -75,16 +87,16 @@ def check_request(request: object) -> TimerRequest:
         raise InvalidRequestError(
             RejectReason.WRONG_OBJECT, f"expected a TimerRequest, got {type(request).__qualname__}"
         )
-    _REQUEST.check(_astuple(request)[: len(_FIELDS)])
+    _REQUEST.check(_astuple(request)[: len(TimerRequest.__struct_fields__)])
     return request
 
 
 # The bounds of the two fields a worker passes on every call, read from their msgspec
 # constraints: a plain str scope and float time within them pass without a call into
 # msgspec; anything else is left to msgspec, which gives the verdict and the message.
-_SCOPE_LIMIT = get_args(_TYPES["scope_id"])[1].max_length
-_TIME_LOW = get_args(_TYPES["expiration_time"])[1].ge
-_TIME_HIGH = get_args(_TYPES["expiration_time"])[1].le
+_SCOPE_LIMIT = get_args(ScopeId)[1].max_length
+_TIME_LOW = get_args(Seconds)[1].ge
+_TIME_HIGH = get_args(Seconds)[1].le
 
 
 def check_arm(scope_id: object, expiration_time: object) -> None:
@@ -112,7 +124,7 @@ def check_signal(signal: object) -> None:
 def check_column(name: str, values: list[Any]) -> bool:
     """Tell whether every item of ``values`` is valid in field ``name`` (one call into C)."""
     try:
-        _convert(values, _COLUMNS[name])
+        _convert(values, list[_fields()[name][0]])  # type: ignore[misc]
     except msgspec.ValidationError:
         return False
     return True
