@@ -123,17 +123,24 @@ class TestRequests:
 class TestBadInput:
     @pytest.mark.parametrize(
         ("scope", "error"),
-        [(7, TypeError), (b"bytes", TypeError), (None, TypeError), ("x" * 2049, ValueError)],
+        [
+            (7, RejectReason.WRONG_TYPE),
+            (b"bytes", RejectReason.WRONG_TYPE),
+            (None, RejectReason.WRONG_TYPE),
+            ("x" * 2049, RejectReason.OUT_OF_RANGE),
+        ],
     )
     def test_bad_scope_is_refused_at_the_caller(
-        self, fork: Any, scope: Any, error: type[Exception]
+        self, fork: Any, scope: Any, error: RejectReason
     ) -> None:
         queue = fork.Queue()
         client = LocalTimerClient(queue)
-        with pytest.raises(error, match="scope_id"):
+        with pytest.raises(InvalidRequestError, match="scope_id") as caught:
             client.acquire(scope, time.time() + 60)
-        with pytest.raises(error, match="scope_id"):
+        assert caught.value.reason is error
+        with pytest.raises(InvalidRequestError, match="scope_id") as caught:
             client.release(scope)
+        assert caught.value.reason is error
         client.release("sentinel")
         assert take(queue).scope_id == "sentinel"  # nothing else was put
 

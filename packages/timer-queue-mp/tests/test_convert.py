@@ -10,7 +10,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from timer_api import InvalidRequestError, RejectReason, TimerRequest, encode_msgpack
+from timer_api import (
+    InvalidRequestError,
+    RejectReason,
+    TimerRequest,
+    check_request,
+    encode_msgpack,
+)
 from timer_queue_mp._convert import to_request
 
 PID = os.getpid()
@@ -107,19 +113,21 @@ class TestRejected:
             "expiration-none",
         ],
     )
-    def test_torch_style_object_of_wrong_types(
+    def test_torch_style_object_of_wrong_types_is_the_servers_to_refuse(
         self, worker_id: Any, scope_id: Any, expiration: Any
     ) -> None:
         legacy = types.SimpleNamespace(
             worker_id=worker_id, scope_id=scope_id, expiration_time=expiration
         )
-        error = to_request(legacy)
-        assert isinstance(error, InvalidRequestError)
-        assert error.reason is RejectReason.WRONG_TYPE
+        request = to_request(legacy)
+        assert request == TimerRequest(worker_id, scope_id, expiration)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequestError) as caught:
+            check_request(request)  # what the server does with it: see test_server
+        assert caught.value.reason is RejectReason.WRONG_TYPE
 
 
 class TestValuesAreTheServersToCheck:
-    """torch's queue returns what was put; range checks are the engine's (see test_server)."""
+    """torch's queue returns what was put; the server checks it (see test_server)."""
 
     @pytest.mark.parametrize(
         "request_",

@@ -187,3 +187,13 @@ def test_a_batch_with_a_deadline_off_its_expiration_time_is_taken_one_by_one(
     whole, single = _both(make_server, batch)
     assert whole == single
     assert bulk_calls == []
+
+
+def test_a_batch_of_invalid_requests_alike_is_rejected_one_by_one(make_server, spawn, bulk_calls):
+    child = spawn()
+    pid = [child.pid]  # the same unhashable "pid" in every request: alike, and not valid
+    batch = [TimerRequest(pid, f"s{i}", time.time() + 3600) for i in range(N)]  # type: ignore[arg-type]
+    whole, single = _both(make_server, batch)
+    assert whole == single
+    assert whole[0] == (N, 0, 0, N, 0)
+    assert bulk_calls == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from array import array
 
@@ -281,14 +282,30 @@ class TestArmMany:
         assert not table.arm_many(worker, scopes, deadlines, expirations, shape)
         assert (table.armed, table.timers, table.heap_size, len(worker.scopes)) == before
 
-    def test_arm_many_with_a_deadline_too_far_for_microseconds_is_refused(self):
+    def test_arm_many_with_a_deadline_too_far_for_microseconds_is_ordered_last(self):
         table = TimerTable()
         worker = table.add_worker(7, 100)
         scopes, deadlines, expirations = self._batch(2)
         deadlines[1] = 1.7e308
         shape = worker.shape(None, None, None, True)
-        assert not table.arm_many(worker, scopes, deadlines, expirations, shape)
-        assert table.armed == 0
+        assert table.arm_many(worker, scopes, deadlines, expirations, shape)
+        assert table.armed == 2
+        assert [entry[2].scope_id for entry in table.pop_expired(math.inf)] == ["s0", "s1"]
+
+    def test_a_run_orders_only_the_timers_still_armed_as_it_armed_them(self):
+        table = TimerTable()
+        worker = table.add_worker(7, 100)
+        scopes, deadlines, expirations = self._batch(4)
+        assert table.arm_many(
+            worker, scopes, deadlines, expirations, worker.shape(9, None, None, True)
+        )
+        assert table.heap_size == 0  # no keys until a deadline is reached or asked about
+        table.release(worker, "s1")
+        _arm(table, 7, "s2", 500.0)  # re-armed by itself: keyed now, not by the run
+        assert table.next_deadline() == 0.0
+        due = [(entry[0], entry[2].scope_id) for entry in table.pop_expired(1000.0)]
+        assert due == [(0.0, "s0"), (10.0, "s3"), (500.0, "s2")]
+        assert (table.armed, table.timers, table.next_deadline()) == (0, 3, None)
 
 
 class TestDue:

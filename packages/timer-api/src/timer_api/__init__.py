@@ -14,6 +14,8 @@ Names and signatures follow ``torch.distributed.elastic.timer``.
 """
 
 from .__about__ import __version__
+from ._builder import RequestBuilder
+from ._check import check_column, check_request
 from ._client import TimerClient
 from ._codec import (
     FALLBACK_SIGNAL,
@@ -27,7 +29,7 @@ from ._errors import InvalidRequestError, RejectReason, TimerExpired
 from ._expires import configure, expires
 from ._procfs import ProcessStat, process_start_time, process_stat
 from ._queue import RequestQueue
-from ._request import MAX_SCOPE_LENGTH, TimerRequest
+from ._request import MAX_SCOPE_LENGTH, MAX_SIGNAL, TimerRequest
 from ._server import TimerServer
 from ._signals import parse_signal, signal_name
 from ._stacks import (
@@ -45,18 +47,22 @@ __all__ = [
     "DEFAULT_STACK_SIGNAL",
     "MAX_REQUEST_BYTES",
     "MAX_SCOPE_LENGTH",
+    "MAX_SIGNAL",
     "STACKS_DIR_ENV",
     "STACK_SIGNAL_ENV",
     "InvalidRequestError",
     "LineDecoder",
     "ProcessStat",
     "RejectReason",
+    "RequestBuilder",
     "RequestQueue",
     "TimerClient",
     "TimerExpired",
     "TimerRequest",
     "TimerServer",
     "__version__",
+    "check_column",
+    "check_request",
     "check_stack_directory",
     "configure",
     "decode_msgpack",

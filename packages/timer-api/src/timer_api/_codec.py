@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ._check import rejection
 from ._errors import InvalidRequestError, RejectReason
 from ._request import TimerRequest
 
@@ -38,8 +39,6 @@ _msgpack_decoder = msgspec.msgpack.Decoder(TimerRequest)
 #: The signal written for torch's server when a request leaves the choice to the server:
 #: SIGKILL, the default of torch's own client.
 FALLBACK_SIGNAL = int(signal.SIGKILL)
-
-_FLOAT_FIELDS = ("`$.expiration_time`", "`$.deadline`")
 
 
 def encode_json(request: TimerRequest) -> bytes:
@@ -207,7 +206,7 @@ def _decode(
     try:
         request = decode(data)
     except msgspec.DecodeError as exc:
-        raise _rejection(exc, bytes(data)) from None
+        raise rejection(exc, bytes(data)) from None
     except (RecursionError, ValueError) as exc:
         # Nesting too deep for the decoder, or a string that is not valid UTF-8.
         raise InvalidRequestError(RejectReason.MALFORMED, str(exc), bytes(data)) from None
@@ -221,28 +220,3 @@ def _oversize(raw: bytes) -> InvalidRequestError:
     return InvalidRequestError(
         RejectReason.OVERSIZE, f"request longer than {MAX_REQUEST_BYTES} bytes", raw
     )
-
-
-def _rejection(exc: msgspec.DecodeError, raw: bytes) -> InvalidRequestError:
-    """Turn msgspec's error into an :class:`InvalidRequestError` with a reason."""
-    message = str(exc)
-    bounded = "` >" in message or "` <" in message or "` of length " in message
-    if not isinstance(exc, msgspec.ValidationError):
-        reason = RejectReason.MALFORMED
-    elif message.startswith("Object missing required field"):
-        reason = RejectReason.MISSING_FIELD
-    elif message.startswith(("Expected `object`", "Expected `array`")):
-        reason = RejectReason.MALFORMED
-    elif message.endswith("`$.pid`"):
-        reason = RejectReason.BAD_PID if bounded else RejectReason.WRONG_TYPE
-    elif message.endswith("`$.version`"):
-        reason = RejectReason.BAD_VERSION if "int` " in message else RejectReason.WRONG_TYPE
-    elif message.endswith(_FLOAT_FIELDS) and (
-        message.startswith("Number out of range") or "float` " in message
-    ):
-        reason = RejectReason.NON_FINITE
-    elif message.startswith("Expected `") and not bounded:
-        reason = RejectReason.WRONG_TYPE
-    else:
-        reason = RejectReason.OUT_OF_RANGE
-    return InvalidRequestError(reason, message, raw)

@@ -13,6 +13,12 @@ __all__ = ["RequestQueue"]
 class RequestQueue(abc.ABC):
     """Deliver the requests that clients sent, in batches, to one server."""
 
+    #: ``True`` when every request the last :meth:`get` returned was checked against
+    #: the schema already (decoded by this package's codec, or passed through
+    #: :func:`timer_api.check_request`): a server need not check them again. A queue
+    #: may set it per batch.
+    checked: bool = False
+
     @abc.abstractmethod
     def size(self) -> int:
         """Return about how many requests are waiting (a hint for the batch size)."""

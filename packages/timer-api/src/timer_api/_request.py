@@ -1,4 +1,8 @@
-"""The request that arms or releases one timer."""
+"""The request that arms or releases one timer, and its limits: the one schema.
+
+Every limit lives here once, as a msgspec constraint on a field; the decoders and
+:mod:`timer_api._check` enforce these constraints and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["MAX_SCOPE_LENGTH", "TimerRequest"]
+__all__ = ["MAX_SCOPE_LENGTH", "MAX_SIGNAL", "PID_T_MAX", "TimerRequest"]
 
 _FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
 
@@ -16,8 +20,10 @@ PID_T_MAX = 2**31 - 1
 
 Pid = Annotated[int, msgspec.Meta(gt=0, le=PID_T_MAX)]
 Seconds = Annotated[float, _FINITE]
+#: Largest signal number (Linux's SIGRTMAX).
+MAX_SIGNAL = 64
 #: A signal number (1 to 64), or 0 or less for "observe only" (torch's meaning).
-SignalNumber = Annotated[int, msgspec.Meta(ge=-PID_T_MAX - 1, le=64)]
+SignalNumber = Annotated[int, msgspec.Meta(ge=-PID_T_MAX - 1, le=MAX_SIGNAL)]
 #: Longest ``scope_id`` a server accepts, in characters.
 MAX_SCOPE_LENGTH = 2048
 

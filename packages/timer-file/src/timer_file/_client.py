@@ -12,13 +12,11 @@ import time
 import weakref
 
 from timer_api import (
-    FALLBACK_SIGNAL,
+    RequestBuilder,
     TimerClient,
-    TimerRequest,
     configure,
     encode_json_line,
     install_stack_dump_from_env,
-    process_start_time,
 )
 
 __all__ = [
@@ -69,7 +67,9 @@ class FileTimerClient(TimerClient):
     request, which torch's ``FileTimerServer`` needs in order to make progress.
 
     ``signal`` is sent to this worker when a timer expires: ``None`` (the default)
-    lets the server choose, 0 or less asks it to report the expiry and send nothing. When the pipe is full, a request waits up to ``send_timeout`` seconds
+    lets the server choose, 0 or less asks it to report the expiry and send nothing; a
+    request the server would refuse raises :class:`timer_api.InvalidRequestError`
+    before anything is sent. When the pipe is full, a request waits up to ``send_timeout`` seconds
     for room, then raises :class:`PipeFullError`. With no server reading,
     :class:`ServerUnavailableError` (a ``BrokenPipeError``) is raised at once.
 
@@ -92,15 +92,15 @@ class FileTimerClient(TimerClient):
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         keep_open: bool | None = None,
     ) -> None:
-        if signal is not None and (not isinstance(signal, int) or isinstance(signal, bool)):
-            raise ValueError(f"signal must be an int or None, got {signal!r}")
-        sig = None if signal is None else int(signal)
-        if sig is not None and sig > 64:
-            raise ValueError(f"signal must be at most 64 (0 or less: observe only), got {sig}")
+        # torch's server needs a number: an arm leaving the choice to the server
+        # carries FALLBACK_SIGNAL, flagged so that our server still chooses.
+        builder = RequestBuilder(signal, fallback=True)
         if not send_timeout >= 0:
             raise ValueError(f"send_timeout must be >= 0, got {send_timeout}")
         self._file_path = os.fspath(file_path)
-        self.signal = sig
+        self._signal = builder.signal
+        self._arm = builder.arm
+        self._release = builder.release
         self._send_timeout = float(send_timeout)
         self._keep_open = keep_open
         self._reset()
@@ -110,7 +110,6 @@ class FileTimerClient(TimerClient):
         """Forget the pipe and the armed timers: for a new client or a forked child."""
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._start_time = process_start_time(self._pid)
         self._fd = -1
         #: An ``O_PATH`` descriptor on the pipe last written to: while it is held, no
         #: new file can get that pipe's inode number, so ``_pipe_id`` stays unique.
@@ -127,6 +126,11 @@ class FileTimerClient(TimerClient):
         self._watcher: threading.Thread | None = None
 
     @property
+    def signal(self) -> int | None:
+        """Return the signal asked for on expiry (``None``: the server's choice)."""
+        return self._signal
+
+    @property
     def file_path(self) -> str:
         """Return the path of the pipe."""
         return self._file_path
@@ -140,21 +144,7 @@ class FileTimerClient(TimerClient):
         """Arm (or re-arm) timer ``scope_id`` to expire at ``expiration_time`` (``time.time()``)."""
         if self._pid != os.getpid():
             self._after_fork()
-        now = time.time()
-        signal = self.signal
-        fallback = signal is None  # torch's server needs a number: see FALLBACK_SIGNAL
-        line = encode_json_line(
-            TimerRequest(
-                self._pid,
-                scope_id,
-                expiration_time,
-                FALLBACK_SIGNAL if fallback else signal,
-                self._start_time,
-                time.monotonic() + (expiration_time - now),
-                threading.get_ident(),
-                signal_is_fallback=fallback,
-            )
-        )
+        line = encode_json_line(self._arm(scope_id, expiration_time))
         with self._lock:
             previous = self._armed.get(scope_id)
             self._armed[scope_id] = line
@@ -180,11 +170,7 @@ class FileTimerClient(TimerClient):
         """Release timer ``scope_id``."""
         if self._pid != os.getpid():
             self._after_fork()
-        line = encode_json_line(
-            TimerRequest(
-                self._pid, scope_id, -1.0, 0, self._start_time, None, threading.get_ident()
-            )
-        )
+        line = encode_json_line(self._release(scope_id))
         with self._lock:
             # The block has exited: whatever happens below, this scope is never replayed.
             self._armed.pop(scope_id, None)

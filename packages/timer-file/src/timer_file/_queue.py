@@ -44,6 +44,8 @@ class FileRequestQueue(RequestQueue):
     which would make a new server refuse the path (:class:`PipeInUseError`).
     """
 
+    checked = True  # every line is decoded by the codec
+
     def __init__(self, file_path: str | None = None) -> None:
         self._owns_dir = file_path is None
         self._path = default_pipe_path() if file_path is None else file_path

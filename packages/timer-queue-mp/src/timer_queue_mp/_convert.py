@@ -13,11 +13,12 @@ def to_request(item: object) -> TimerRequest | InvalidRequestError:
     """Return ``item`` as a request, or an :class:`InvalidRequestError` saying why it is not one.
 
     ``item`` is MessagePack bytes from :class:`LocalTimerClient` (decoded, so checked
-    as the wire format says), a ``timer_api.TimerRequest`` (returned as it is: the
-    server checks its values, as torch's does), or any object with torch's
-    ``worker_id``, ``scope_id`` and ``expiration_time`` attributes of the right types
-    (an int, a str, a number), which becomes a request with those fields. Anything
-    else is a ``wrong_object`` or ``wrong_type`` rejection.
+    as the wire format says), a ``timer_api.TimerRequest`` (returned as it is, as
+    torch's queue does), or any object with torch's ``worker_id``, ``scope_id`` and
+    ``expiration_time`` attributes, which becomes a request with those fields. The
+    last two are not checked here: the server checks them with
+    :func:`timer_api.check_request`, the same constraints the decoder applies.
+    Anything else is a ``wrong_object`` rejection.
     """
     if type(item) is bytes:
         try:
@@ -34,16 +35,5 @@ def to_request(item: object) -> TimerRequest | InvalidRequestError:
         return InvalidRequestError(
             RejectReason.WRONG_OBJECT,
             f"expected MessagePack bytes or a TimerRequest, got {type(item).__qualname__}",
-        )
-    if (
-        type(worker_id) is not int
-        or type(scope_id) is not str
-        or type(expiration_time) not in (int, float)
-    ):
-        return InvalidRequestError(
-            RejectReason.WRONG_TYPE,
-            f"{type(item).__qualname__} has worker_id {type(worker_id).__name__}, "
-            f"scope_id {type(scope_id).__name__}, "
-            f"expiration_time {type(expiration_time).__name__}",
         )
     return TimerRequest(worker_id, scope_id, expiration_time)

@@ -38,7 +38,8 @@ class MultiprocessingRequestQueue(RequestQueue):
     Works with ``multiprocessing.Queue`` from any start method and with a
     ``multiprocessing.Manager().Queue()``. :meth:`get` returns only
     :class:`timer_api.TimerRequest` objects, as torch's does: a request object put on
-    the queue comes back as it was put (the server checks its values), MessagePack
+    the queue comes back as it was put (the server checks its values, and
+    :attr:`checked` says when a batch holds one), MessagePack
     bytes from :class:`LocalTimerClient` are decoded, and a torch-style object
     (``worker_id``, ``scope_id``, ``expiration_time``) becomes a request with those
     fields. Every other item, and every stretch of the pipe lost to a writer that
@@ -46,6 +47,10 @@ class MultiprocessingRequestQueue(RequestQueue):
     :meth:`take_rejected` hands to the server, which counts and reports it. A plain
     ``multiprocessing.Queue`` is read in bulk, many items per system call.
     """
+
+    #: Whether the requests the last :meth:`get` returned were all decoded from bytes
+    #: (checked by the codec); a request object put as it is was not.
+    checked = True
 
     def __init__(self, mp_queue: Any) -> None:
         if isinstance(mp_queue, multiprocessing.queues.SimpleQueue):
@@ -56,6 +61,8 @@ class MultiprocessingRequestQueue(RequestQueue):
         self._mp_queue = mp_queue
         self._pipe = PipeReader(mp_queue) if PipeReader.supports(mp_queue) else None
         self._ready: deque[TimerRequest] = deque()
+        #: Request objects put as they are (not decoded) among ``_ready``, or an over-count.
+        self._unchecked = 0
         self._rejected: deque[InvalidRequestError] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -107,14 +114,21 @@ class MultiprocessingRequestQueue(RequestQueue):
                 while ready and len(out) < size:
                     out.append(ready.popleft())
                 if len(out) >= size:
-                    return out
+                    return self._handed(out)
                 if (
                     not self._receive(deadline - time.monotonic(), size - len(out))
                     or self._rejected
                 ):
                     while ready and len(out) < size:
                         out.append(ready.popleft())
-                    return out
+                    return self._handed(out)
+
+    def _handed(self, out: list[TimerRequest]) -> list[TimerRequest]:
+        """Return ``out``, noting in :attr:`checked` whether it may hold unchecked requests."""
+        self.checked = self._unchecked == 0
+        if not self._ready:
+            self._unchecked = 0
+        return out
 
     def interrupt(self) -> None:
         """Wake a :meth:`get` that is waiting, so that a stopping server exits at once."""
@@ -176,6 +190,8 @@ class MultiprocessingRequestQueue(RequestQueue):
         if isinstance(request, InvalidRequestError):
             self._rejected.append(request)
         else:
+            if not isinstance(item, (bytes, bytearray, memoryview)):
+                self._unchecked += 1
             self._ready.append(request)
 
     def _receive_items(self, timeout: float, want: int) -> bool:

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from timer_api import (
-    MAX_SCOPE_LENGTH,
     InvalidRequestError,
     RejectReason,
     RequestQueue,
     TimerRequest,
     TimerServer,
+    check_request,
     process_stat,
 )
 
@@ -66,22 +66,75 @@ _COUNTERS = (
 )
 
 
-def _check_scope_and_signal(scope: object, signum: object) -> None:
-    """Raise the ``InvalidRequestError`` that a bad ``scope_id`` or ``signal`` deserves."""
-    if type(scope) is not str or (
-        signum is not None and (not isinstance(signum, int) or isinstance(signum, bool))
-    ):
-        raise InvalidRequestError(
-            RejectReason.WRONG_TYPE,
-            f"scope_id {type(scope).__name__}, signal {type(signum).__name__}",
+class _Batch:
+    """What one ``register_timers`` call has done so far: its clock, events and counts."""
+
+    __slots__ = (
+        "armed",
+        "events",
+        "forgotten",
+        "last_seen",
+        "mono",
+        "offset",
+        "released",
+        "seen",
+        "skewed",
+        "subscribed",
+    )
+
+    def __init__(self, subscribed: bool) -> None:
+        #: Whether anyone receives ``armed`` and ``released`` events.
+        self.subscribed = subscribed
+        self.events: list[Event] = []
+        #: ``time.monotonic()`` when the batch started, and monotonic minus wall clock.
+        self.mono = 0.0
+        self.offset = 0.0
+        self.armed = self.released = self.skewed = 0
+        #: Known workers whose pidfd was checked in this batch (and the last one).
+        self.seen: set[int] = set()
+        self.last_seen = 0
+        #: Whether a worker was forgotten (its handle is to be closed).
+        self.forgotten = False
+
+
+def _check_each(
+    requests: list[Any],
+) -> tuple[list[TimerRequest], list[tuple[InvalidRequestError, Any]]]:
+    """Split ``requests`` into those the schema accepts and the others with their errors."""
+    valid: list[TimerRequest] = []
+    rejected: list[tuple[InvalidRequestError, Any]] = []
+    for request in requests:
+        try:
+            valid.append(check_request(request))
+        except InvalidRequestError as error:
+            rejected.append((error, request))
+    return valid, rejected
+
+
+def _deadline(batch: _Batch, request: TimerRequest) -> float:
+    """Return the monotonic deadline to arm ``request`` by.
+
+    Its own ``deadline``, unless that disagrees by more than :data:`CLOCK_TOLERANCE`
+    with its ``expiration_time`` converted on receipt (a worker in another time
+    namespace: its monotonic clock is not ours); then the conversion, and a
+    ``clock_skew`` event says so.
+    """
+    converted = request.expiration_time + batch.offset
+    deadline = request.deadline
+    if deadline is None:
+        return converted
+    if -CLOCK_TOLERANCE <= deadline - converted <= CLOCK_TOLERANCE:
+        return deadline
+    batch.skewed += 1
+    batch.events.append(
+        ClockSkew(
+            time=batch.mono - batch.offset,
+            pid=request.worker_id,
+            scope_id=request.scope_id,
+            skew=deadline - converted,
         )
-    if signum is not None and signum > 64:
-        raise InvalidRequestError(RejectReason.OUT_OF_RANGE, f"signal {signum} above 64")
-    if len(scope) > MAX_SCOPE_LENGTH:
-        raise InvalidRequestError(
-            RejectReason.OUT_OF_RANGE,
-            f"scope_id is {len(scope)} characters long, limit {MAX_SCOPE_LENGTH}",
-        )
+    )
+    return converted
 
 
 class WatchdogServer(TimerServer):
@@ -151,6 +204,8 @@ class WatchdogServer(TimerServer):
         #: The thread running the loop (``None``: not running) and when its round began.
         self._loop_thread: threading.Thread | None = None
         self._busy_since = 0.0
+        #: The batch the loop is registering, if its queue checked its requests already.
+        self._checked_batch: list[TimerRequest] | None = None
         self._policy = policy
         self._reaper = Reaper(
             policy,
@@ -236,159 +291,148 @@ class WatchdogServer(TimerServer):
     def register_timers(self, timer_requests: list[TimerRequest]) -> None:
         """Arm, re-arm or release (negative ``expiration_time``) the requested timers.
 
-        A request that cannot be accepted is rejected (counted, logged, reported as a
-        ``rejected`` event) without disturbing the others.
+        Each request is checked against the schema (:func:`timer_api.check_request`),
+        unless this very list is a batch the loop took from a queue whose requests
+        are checked already (``RequestQueue.checked``). A request that cannot be
+        accepted is rejected (counted, logged, reported as a ``rejected`` event)
+        without disturbing the others.
         """
-        if len(timer_requests) >= BULK_MIN and TimerTable.may_arm_like(timer_requests):
-            timer_requests = self._register_like_first(timer_requests)
-        subscribed = bool(self._subscribers)
-        events: list[Event] = []
-        rejected: list[tuple[InvalidRequestError, Any]] = []
+        checked = timer_requests is self._checked_batch
+        requests = timer_requests
+        if len(requests) >= BULK_MIN and TimerTable.may_arm_like(requests):
+            requests = self._register_like_first(requests, checked)
+        received = len(requests)
+        if checked:
+            rejected: list[tuple[InvalidRequestError, Any]] = []
+        else:
+            requests, rejected = _check_each(requests)
+        batch = _Batch(bool(self._subscribers))
         with self._report_lock:
             with self._lock:
-                table = self._table
-                get_worker = table.get
-                arm = table.arm
-                handles = self._handles
-                mono = time.monotonic()
-                offset = mono - self._wall_clock()
-                n_armed = n_released = n_skewed = 0
-                cap = self._policy.max_timers_per_worker
-                tolerance = CLOCK_TOLERANCE
-                #: Known workers whose pidfd was checked in this batch (and the last one).
-                checked: set[int] = set()
-                last_checked = 0
-                forgotten = False
-                for request in timer_requests:
+                batch.mono = mono = time.monotonic()
+                batch.offset = mono - self._wall_clock()
+                for request in requests:
                     try:
-                        pid = request.worker_id
-                        scope = request.scope_id
-                        expiration = request.expiration_time
-                        start_time = request.start_time
-                        worker = get_worker(pid)
-                        if expiration < 0:
-                            if (
-                                worker is not None
-                                and (start_time is None or start_time == worker.start_time)
-                                and table.release(worker, scope)
-                            ):
-                                n_released += 1
-                                if subscribed:
-                                    events.append(
-                                        Released(time=mono - offset, pid=pid, scope_id=scope)
-                                    )
-                            continue
-                        if worker is not None and pid != last_checked and pid not in checked:
-                            # Once per batch, not per request: a pidfd poll, no /proc read.
-                            # (A release needs none: a dead worker's timers go anyway.)
-                            checked.add(pid)
-                            last_checked = pid
-                            handle = handles.get(pid)
-                            if handle is not None and not handle.alive():
-                                # The pinned process is gone: whoever uses its pid now
-                                # (even with the same start time) is a new process.
-                                self._forget(pid, events, "exited; a new request names its pid")
-                                forgotten = True
-                                worker = None
-                        converted = expiration + offset
-                        deadline = request.deadline
-                        if deadline is None:
-                            deadline = converted
-                        if not (-_INF < deadline < _INF and expiration < _INF):
-                            raise InvalidRequestError(
-                                RejectReason.NON_FINITE,
-                                f"deadline {deadline!r}, expiration_time {expiration!r}",
-                            )
-                        signum = request.signal
-                        if (
-                            type(scope) is not str
-                            or len(scope) > MAX_SCOPE_LENGTH
-                            or (signum is not None and (type(signum) is not int or signum > 64))
-                        ):
-                            _check_scope_and_signal(scope, signum)
-                        if worker is None or (
-                            start_time is not None and start_time != worker.start_time
-                        ):
-                            forgotten = forgotten or worker is not None
-                            worker = self._admit(request, worker, events)
-                            checked.add(pid)
-                            last_checked = pid
-                        timers = worker.timers
-                        if len(timers) >= cap and scope not in timers:
-                            raise InvalidRequestError(
-                                RejectReason.TOO_MANY_TIMERS,
-                                f"pid {pid} already holds {len(timers)} timers (limit {cap})",
-                            )
-                        if not -tolerance <= deadline - converted <= tolerance:
-                            # Another time namespace: its monotonic clock is not ours.
-                            n_skewed += 1
-                            events.append(
-                                ClockSkew(
-                                    time=mono - offset,
-                                    pid=pid,
-                                    scope_id=scope,
-                                    skew=deadline - converted,
-                                )
-                            )
-                            deadline = converted
-                        arm(worker, scope, deadline, request)
-                        n_armed += 1
-                        if subscribed:
-                            events.append(
-                                Armed(
-                                    time=mono - offset,
-                                    pid=pid,
-                                    scope_id=scope,
-                                    expires_in=deadline - mono,
-                                    signal=signum,
-                                    thread_id=request.thread_id,
-                                )
-                            )
+                        if request.expiration_time < 0:
+                            self._release_one(batch, request)
+                        else:
+                            self._arm_one(batch, request)
                     except InvalidRequestError as error:
                         rejected.append((error, request))
-                    except (TypeError, AttributeError, ValueError) as exc:
-                        reason = (
-                            RejectReason.WRONG_OBJECT
-                            if isinstance(exc, AttributeError)
-                            else RejectReason.WRONG_TYPE
-                        )
-                        rejected.append((InvalidRequestError(reason, str(exc)), request))
-                counts = self._counts
-                counts["received"] += len(timer_requests)
-                counts["armed"] += n_armed
-                counts["released"] += n_released
-                counts["clock_skew"] += n_skewed
-                if rejected:
-                    counts["rejected"] += len(rejected)
-                if forgotten:
-                    counts["exited"] += sum(1 for event in events if isinstance(event, Exited))
+                self._count(batch, received, len(rejected))
             if rejected:
                 self._deliver([self._refusal(error, request) for error, request in rejected])
-            if events:
-                self._deliver(events)
-        if forgotten:
+            if batch.events:
+                self._deliver(batch.events)
+        if batch.forgotten:
             self._close_handles(block=False)
 
-    def _register_like_first(self, timer_requests: list[TimerRequest]) -> list[TimerRequest]:
+    def _release_one(self, batch: _Batch, request: TimerRequest) -> None:
+        """Release the timer ``request`` names, if its worker (that very process) holds it."""
+        pid, scope, start_time = request.worker_id, request.scope_id, request.start_time
+        worker = self._table.get(pid)
+        if (
+            worker is not None
+            and (start_time is None or start_time == worker.start_time)
+            and self._table.release(worker, scope)
+        ):
+            batch.released += 1
+            if batch.subscribed:
+                batch.events.append(
+                    Released(time=batch.mono - batch.offset, pid=pid, scope_id=scope)
+                )
+
+    def _arm_one(self, batch: _Batch, request: TimerRequest) -> None:
+        """Arm the timer ``request`` names: find or admit its worker, apply the cap, pick the deadline."""
+        pid, scope, start_time = request.worker_id, request.scope_id, request.start_time
+        worker = self._table.get(pid)
+        if worker is not None and pid != batch.last_seen and pid not in batch.seen:
+            worker = self._still_alive(batch, worker)
+        if worker is None or (start_time is not None and start_time != worker.start_time):
+            batch.forgotten = batch.forgotten or worker is not None
+            worker = self._admit(request, worker, batch.events)
+            batch.seen.add(pid)
+            batch.last_seen = pid
+        timers = worker.timers
+        if len(timers) >= self._policy.max_timers_per_worker and scope not in timers:
+            raise InvalidRequestError(
+                RejectReason.TOO_MANY_TIMERS,
+                f"pid {pid} already holds {len(timers)} timers "
+                f"(limit {self._policy.max_timers_per_worker})",
+            )
+        deadline = _deadline(batch, request)
+        self._table.arm(worker, scope, deadline, request)
+        batch.armed += 1
+        if batch.subscribed:
+            batch.events.append(
+                Armed(
+                    time=batch.mono - batch.offset,
+                    pid=pid,
+                    scope_id=scope,
+                    expires_in=deadline - batch.mono,
+                    signal=request.signal,
+                    thread_id=request.thread_id,
+                )
+            )
+
+    def _still_alive(self, batch: _Batch, worker: Worker) -> Worker | None:
+        """Return ``worker`` if its pinned process lives, else forget it and return ``None``.
+
+        Asked once per worker and batch, not per request: a pidfd poll, no /proc read.
+        (A release needs none: a dead worker's timers go anyway.)
+        """
+        pid = worker.pid
+        batch.seen.add(pid)
+        batch.last_seen = pid
+        handle = self._handles.get(pid)
+        if handle is not None and not handle.alive():
+            # The pinned process is gone: whoever uses its pid now (even with the
+            # same start time) is a new process.
+            self._forget(pid, batch.events, "exited; a new request names its pid")
+            batch.forgotten = True
+            return None
+        return worker
+
+    def _count(self, batch: _Batch, received: int, rejected: int) -> None:
+        """Add what one ``register_timers`` call did to the counters (the lock is held)."""
+        counts = self._counts
+        counts["received"] += received
+        counts["armed"] += batch.armed
+        counts["released"] += batch.released
+        counts["clock_skew"] += batch.skewed
+        counts["rejected"] += rejected
+        if batch.forgotten:
+            counts["exited"] += sum(1 for event in batch.events if isinstance(event, Exited))
+
+    def _register_like_first(
+        self, timer_requests: list[TimerRequest], checked: bool
+    ) -> list[TimerRequest]:
         """Register the first request, then the rest at once if they are like it; return what is left.
 
         A large batch of new timers from one worker (what a transport decodes, or a
-        direct call) is checked and armed in a few passes in C instead of request by
-        request; any batch the table cannot arm that way (or that would pass the
-        worker's cap) is left to the caller, whole.
+        direct call) is checked and armed in a few passes instead of request by
+        request (see :meth:`TimerTable.arm_like`; ``checked``: the batch was checked
+        against the schema already); any batch the table cannot arm that way (or
+        that would pass the worker's cap) is left to the caller, whole.
         """
         head = timer_requests[0]
+        try:
+            check_request(head)
+        except InvalidRequestError:
+            return timer_requests  # rejected with the others, one by one
         self.register_timers([head])
         rest = timer_requests[1:]
         with self._report_lock:
             with self._lock:
-                worker = self._table.get(getattr(head, "worker_id", None))  # type: ignore[arg-type]
+                worker = self._table.get(head.worker_id)
                 cap = self._policy.max_timers_per_worker
                 if worker is None or len(worker.timers) + len(rest) > cap:
                     return rest
                 mono = time.monotonic()
                 wall = self._wall_clock()
-                armed = self._table.arm_like(worker, head, rest, mono - wall, CLOCK_TOLERANCE)
+                armed = self._table.arm_like(
+                    worker, head, rest, mono - wall, CLOCK_TOLERANCE, checked=checked
+                )
                 if armed is None:
                     return rest
                 self._counts["received"] += len(rest)
@@ -417,10 +461,6 @@ class WatchdogServer(TimerServer):
         from the pinned one, or a pinned process found gone.
         """
         pid = request.worker_id
-        if type(pid) is not int:
-            raise InvalidRequestError(RejectReason.WRONG_TYPE, f"pid {pid!r} is not an int")
-        if pid <= 0:
-            raise InvalidRequestError(RejectReason.BAD_PID, f"pid {pid} is not positive")
         claimed = request.start_time
         handle: Target | None = None
         if pid == os.getpid():
@@ -755,7 +795,12 @@ class WatchdogServer(TimerServer):
             requests = []
         self._busy_since = time.monotonic()
         if requests:
-            self.register_timers(requests)
+            if getattr(self._request_queue, "checked", False):
+                self._checked_batch = requests
+            try:
+                self.register_timers(requests)
+            finally:
+                self._checked_batch = None
         now = time.monotonic()
         self._expire(now)
         with self._lock:

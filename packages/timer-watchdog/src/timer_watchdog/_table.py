@@ -18,6 +18,14 @@ O(log n), taking the k expired timers O(k log n), a query for the timers due by 
 deadline O(k) plus the stale keys met. Expired timers move to the worker's
 ``expired`` dict (their slots kept) until released or the worker is dropped.
 
+A batch of new timers armed at once (:meth:`TimerTable.arm_many`) gets no keys yet:
+its scopes map to their slot numbers and the batch is one *run* (its worker, slots
+and earliest deadline) beside the heap. A run is turned into keys only when its
+earliest deadline is reached or asked about (:meth:`TimerTable.pop_expired`,
+:meth:`TimerTable.due`), and then only for its timers still armed as they were: a
+timer released or re-armed before its deadline is never ordered at all. (A slot
+number is below ``2**32``, a key never is, so the two cannot be mistaken.)
+
 Not thread-safe: the server serializes every call with its lock.
 """
 
@@ -29,11 +37,11 @@ import sys
 from array import array
 from collections.abc import Callable, Iterator
 from heapq import heappush as _heappush
-from itertools import compress, repeat
-from operator import add, attrgetter, lshift, mul, or_, sub
+from itertools import compress, repeat, starmap
+from operator import add, eq, sub
 from typing import Any
 
-from timer_api import MAX_SCOPE_LENGTH, TimerRequest
+from timer_api import TimerRequest, check_column
 
 __all__ = ["COMPACT_SLACK", "Entry", "TimerTable", "Worker"]
 
@@ -46,14 +54,9 @@ Entry = tuple[float, int, TimerRequest]
 #: What timers of one worker share: signal, start_time (or None), thread_id, has_deadline.
 Shape = tuple[Any, Any, Any, bool]
 
-_PID = attrgetter("worker_id")
-_SCOPE = attrgetter("scope_id")
-_EXPIRATION = attrgetter("expiration_time")
-_SIGNAL = attrgetter("signal")
-_START_TIME = attrgetter("start_time")
-_DEADLINE = attrgetter("deadline")
-_THREAD_ID = attrgetter("thread_id")
-_REAL = {int, float}
+#: A batch armed at once and not yet given heap keys: its earliest deadline, its
+#: worker, and its slots ``range(start, stop)``.
+Run = tuple[float, "Worker", int, int]
 
 _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
@@ -77,54 +80,142 @@ def _quantum(deadline: float) -> int:
 def _rebuild(
     pid: int,
     scopes: list[str | None],
-    shapes: list[Shape | None],
+    shapes: list[Shape | None] | Shape | None,
     expirations: array[float],
     deadlines: array[float],
     holes: bool,
 ) -> list[TimerRequest]:
-    """Return the requests of the used slots of these columns, in slot order."""
+    """Return the requests of the used slots of these columns, in slot order.
+
+    ``shapes`` is the shape column, or the one shape of every used slot.
+    """
     if holes:
         used = [scope is not None for scope in scopes]
         scopes = list(compress(scopes, used))
-        shapes = list(compress(shapes, used))
+        if type(shapes) is list:
+            shapes = list(compress(shapes, used))
         expirations = array("d", compress(expirations, used))
         deadlines = array("d", compress(deadlines, used))
     if not scopes:
         return []
-    first = shapes[0]
-    assert first is not None
-    if shapes.count(first) != len(shapes):
-        out = []
-        for scope, shape, expiration, deadline in zip(
-            scopes, shapes, expirations, deadlines, strict=True
-        ):
-            assert shape is not None
-            signal, start_time, thread_id, has_deadline = shape
-            out.append(
-                TimerRequest(
-                    pid,
-                    scope,  # type: ignore[arg-type]
-                    expiration,
-                    signal,
-                    start_time,
-                    deadline if has_deadline else None,
-                    thread_id,
-                )
+    if type(shapes) is list:
+        first = shapes[0]
+        if shapes.count(first) != len(shapes):
+            return _rebuild_mixed(pid, scopes, shapes, expirations, deadlines)
+        shapes = first
+    assert shapes is not None
+    signal, start_time, thread_id, has_deadline = shapes
+    if not has_deadline and thread_id is None:  # five arguments: no heap-allocated call frame
+        return list(
+            map(
+                TimerRequest,  # type: ignore[arg-type]  # no holes left: every scope is a str
+                repeat(pid),
+                scopes,
+                expirations,
+                repeat(signal),
+                repeat(start_time),
             )
-        return out
-    signal, start_time, thread_id, has_deadline = first
+        )
+    # Seven arguments: map() would allocate a call frame per request; starmap passes the
+    # tuple zip reuses as it is (about 5% faster here).
     return list(
-        map(
+        starmap(  # noqa: RUF058
             TimerRequest,
-            repeat(pid),
-            scopes,
-            expirations,
-            repeat(signal),
-            repeat(start_time),
-            deadlines if has_deadline else repeat(None),
-            repeat(thread_id),
+            zip(
+                repeat(pid),
+                scopes,
+                expirations,
+                repeat(signal),
+                repeat(start_time),
+                deadlines if has_deadline else repeat(None),
+                repeat(thread_id),
+            ),
         )
     )
+
+
+def _rebuild_mixed(
+    pid: int,
+    scopes: list[str | None],
+    shapes: list[Shape | None],
+    expirations: array[float],
+    deadlines: array[float],
+) -> list[TimerRequest]:
+    """Return the requests of these columns (no holes), slot by slot."""
+    out = []
+    for scope, shape, expiration, deadline in zip(
+        scopes, shapes, expirations, deadlines, strict=True
+    ):
+        assert shape is not None
+        signal, start_time, thread_id, has_deadline = shape
+        out.append(
+            TimerRequest(
+                pid,
+                scope,  # type: ignore[arg-type]
+                expiration,
+                signal,
+                start_time,
+                deadline if has_deadline else None,
+                thread_id,
+            )
+        )
+    return out
+
+
+def _columns(
+    head: TimerRequest, rest: list[TimerRequest]
+) -> tuple[list[Any], list[Any], list[Any]] | None:
+    """Return the scopes, expiration times and deadlines of ``rest``; ``None`` if one is unlike ``head``.
+
+    Unlike: not a :class:`TimerRequest`, or another pid, signal, start time, thread,
+    version or fallback flag than ``head``: each must be ``head``'s very object, or
+    equal to it and of exactly its type, so that it is exactly as valid as ``head``'s
+    (``True == 1`` and ``9.0 == 9`` do not pass).
+    """
+    pid, signal, start_time, thread_id = (
+        head.worker_id,
+        head.signal,
+        head.start_time,
+        head.thread_id,
+    )
+    version, fallback = head.version, head.signal_is_fallback
+    pid_type, signal_type, start_type, thread_type = map(type, (pid, signal, start_time, thread_id))
+    scopes: list[Any] = []
+    expirations: list[Any] = []
+    deadlines: list[Any] = []
+    add_scope, add_expiration, add_deadline = scopes.append, expirations.append, deadlines.append
+    request_type = TimerRequest
+    value: Any
+    try:
+        for request in rest:
+            if (
+                type(request) is not request_type
+                or request.version is not version
+                or request.signal_is_fallback is not fallback
+                or (
+                    (value := request.worker_id) is not pid
+                    and (value != pid or type(value) is not pid_type)
+                )
+                or (
+                    (value := request.thread_id) is not thread_id
+                    and (value != thread_id or type(value) is not thread_type)
+                )
+                or (
+                    (value := request.start_time) is not start_time
+                    and (value != start_time or type(value) is not start_type)
+                )
+                or (
+                    (value := request.signal) is not signal
+                    and (value != signal or type(value) is not signal_type)
+                )
+            ):
+                return None
+            add_scope(request.scope_id)
+            add_expiration(request.expiration_time)
+            add_deadline(request.deadline)
+    except AttributeError:  # not requests at all: the caller rejects them one by one
+        return None
+    return scopes, expirations, deadlines
 
 
 class Worker:
@@ -139,6 +230,7 @@ class Worker:
         "expired",
         "free",
         "last_shape",
+        "mixed",
         "number",
         "pid",
         "scopes",
@@ -158,6 +250,8 @@ class Worker:
         self._shapes: dict[Shape, Shape] = {}
         #: The shape of the timer armed last (most timers of a worker share it).
         self.last_shape: Shape | None = None
+        #: Whether some slot may hold another shape than ``last_shape``.
+        self.mixed = False
         #: Armed timers: scope -> key (the same int object is in the table's heap).
         self.timers: dict[str, int] = {}
         #: Timers past their deadline: scope -> key, held until released or dropped.
@@ -224,7 +318,10 @@ class Worker:
         The rebuilding touches no state of the table, so it may run without the lock.
         """
         pid, holes = self.pid, bool(self.free)
-        scopes, shapes = list(self.scopes), list(self.shapes)
+        scopes = list(self.scopes)
+        shapes: list[Shape | None] | Shape | None = (
+            list(self.shapes) if self.mixed else self.last_shape
+        )
         expirations, deadlines = array("d", self.expirations), array("d", self.deadlines)
         for slot, deadline in self.skewed.items():
             deadlines[slot] = deadline
@@ -241,6 +338,7 @@ class Worker:
 
     def _shrink(self) -> None:
         """Give the columns back: every slot is free."""
+        self.mixed = False
         self.scopes.clear()
         self.shapes.clear()
         del self.deadlines[:], self.expirations[:]
@@ -250,7 +348,16 @@ class Worker:
 class TimerTable:
     """Hold the workers and their timers; see the module docstring."""
 
-    __slots__ = ("_by_number", "_free_numbers", "_heap", "_holding", "_latest", "_live", "_workers")
+    __slots__ = (
+        "_by_number",
+        "_free_numbers",
+        "_heap",
+        "_holding",
+        "_latest",
+        "_live",
+        "_runs",
+        "_workers",
+    )
 
     def __init__(self) -> None:
         self._workers: dict[int, Worker] = {}
@@ -259,7 +366,9 @@ class TimerTable:
         self._by_number: list[Worker | None] = [None]
         self._free_numbers: list[int] = []
         self._heap: list[int] = []
-        #: Armed timers (each has exactly one live heap key).
+        #: Batches armed at once whose timers have no heap key yet.
+        self._runs: list[Run] = []
+        #: Armed timers (each has exactly one live heap key, or is in a run).
         self._live = 0
         #: Pids of workers with expired timers.
         self._holding: set[int] = set()
@@ -314,6 +423,8 @@ class TimerTable:
         self._free_numbers.append(worker.number)
         self._live -= len(worker.timers)
         self._holding.discard(pid)
+        if self._runs:
+            self._runs = [run for run in self._runs if run[1] is not worker]
         self._maybe_compact()
         return worker
 
@@ -335,6 +446,8 @@ class TimerTable:
             or shape[2] != thread_id
             or (shape[1] is None) is not (request.start_time is None)
         ):
+            if worker.scopes:
+                worker.mixed = True
             shape = worker.last_shape = worker.shape(
                 signal,
                 None if request.start_time is None else worker.start_time,
@@ -385,28 +498,23 @@ class TimerTable:
         self,
         worker: Worker,
         scopes: list[str],
-        deadlines: array[float],
-        expirations: array[float],
+        deadlines: list[float] | array[float],
+        expirations: list[float] | array[float],
         shape: Shape,
     ) -> bool:
-        """Arm new timers ``scopes`` of ``worker`` at once, all of one ``shape``; see :meth:`arm`.
+        """Arm new timers ``scopes`` of ``worker`` at once, all of one ``shape``, as one run.
 
         Changes nothing and returns ``False`` unless every scope is distinct and
         ``worker`` holds none of them yet (armed or expired): the caller then arms
         them one by one. ``deadlines`` (monotonic, finite) and ``expirations``
         match ``scopes`` item by item; ``shape`` comes from :meth:`Worker.shape`.
+        The timers get their heap keys later (see the module docstring).
         """
         n = len(scopes)
         if not n:
             return True
         start = len(worker.scopes)
-        low = worker.base | start
-        quanta = map(int, map(mul, deadlines, repeat(1e6)))
-        try:  # each quantum is freed as soon as its key is made
-            keys = list(map(or_, map(lshift, quanta, repeat(_QUANTUM_SHIFT)), range(low, low + n)))
-        except OverflowError:  # a deadline beyond ~1e302 s: leave it to arm()
-            return False
-        fresh = dict(zip(scopes, keys, strict=True))
+        fresh = dict(zip(scopes, range(start, start + n), strict=True))
         timers = worker.timers
         if (
             len(fresh) != n
@@ -419,21 +527,19 @@ class TimerTable:
             worker.timers = fresh
         else:
             timers.update(fresh)
+        if shape is not worker.last_shape:
+            if worker.scopes:
+                worker.mixed = True
+            worker.last_shape = shape
         worker.scopes.extend(scopes)
         worker.shapes.extend(repeat(shape, n))
         worker.deadlines.extend(deadlines)
         worker.expirations.extend(expirations)
         self._live += n
-        latest = max(deadlines)
+        earliest, latest = min(deadlines), max(deadlines)
         if latest > self._latest:
             self._latest = latest
-        heap = self._heap
-        if n >= len(heap) // 8:
-            heap.extend(keys)
-            heapq.heapify(heap)
-        else:
-            for key in keys:
-                heapq.heappush(heap, key)
+        self._runs.append((earliest, worker, start, start + n))
         return True
 
     @staticmethod
@@ -466,70 +572,52 @@ class TimerTable:
         rest: list[TimerRequest],
         offset: float,
         tolerance: float = math.inf,
-    ) -> tuple[list[str], array[float]] | None:
+        *,
+        checked: bool = False,
+    ) -> tuple[list[str], list[float]] | None:
         """Arm ``rest`` at once if each request is like ``head``, armed as it is; else ``None``.
 
-        Like means: a request with the same pid, signal, start time and thread
-        as ``head`` (which the server accepted: the table holds a timer equal to it), a
-        ``str`` scope that ``worker`` does not hold yet and that no other request of
-        ``rest`` names, a finite, non-negative
-        ``int`` or ``float`` expiration time, and a finite deadline if and only if
-        ``head`` has one (``offset`` converts expiration times to monotonic deadlines
-        otherwise), within ``tolerance`` seconds of the converted expiration time. Checks cost a few passes over the batch in C, no Python code per
-        request. Returns the scopes armed and their deadlines; ``None`` changes nothing.
+        Like means: a :class:`TimerRequest` with ``head``'s pid, signal, start time
+        and thread (``head`` was accepted: the table holds a timer equal to it) and
+        a scope that ``worker`` does not hold yet and that no other request of
+        ``rest`` names, a non-negative expiration time, and a deadline if and only
+        if ``head`` has one (``offset`` converts expiration times to monotonic
+        deadlines otherwise), within ``tolerance`` seconds of the converted
+        expiration time. The fields shared with ``head`` must be exactly ``head``'s
+        (see :func:`_columns`); unless ``checked`` (the requests were checked against
+        the schema already), the others are checked a column at a time
+        (:func:`timer_api.check_column`): the same constraints, one call into C
+        each. Returns the scopes armed and their deadlines; ``None`` changes nothing.
         """
-        if type(head) is not TimerRequest or type(head.scope_id) is not str:
-            return None
         key = worker.timers.get(head.scope_id)
         if key is None or worker.request(key & _SLOT_MASK) != head:
             return None  # head was not armed as it is
-        n = len(rest)
-        signal, start_time, thread_id = head.signal, head.start_time, head.thread_id
-        if type(signal) is bool:
+        columns = _columns(head, rest)
+        if columns is None:
             return None
-        try:  # AttributeError: not a request; TypeError: an unhashable field
-            numbers = list(map(_EXPIRATION, rest))
-            if not set(map(type, numbers)) <= _REAL or min(numbers) < 0:
-                return None
-            if (
-                set(map(_PID, rest)) != {head.worker_id}
-                or set(map(_SIGNAL, rest)) != {signal}
-                or set(map(_START_TIME, rest)) != {start_time}
-                or set(map(_THREAD_ID, rest)) != {thread_id}
-                or (signal in (0, 1) and set(map(type, map(_SIGNAL, rest))) != {type(signal)})
-            ):
-                return None
-            scopes = list(map(_SCOPE, rest))
-            deadline_values = list(map(_DEADLINE, rest))
-        except (AttributeError, TypeError):
+        scopes, expirations, deadlines = columns
+        if not checked and not (
+            check_column("scope_id", scopes)
+            and check_column("expiration_time", expirations)
+            and check_column("deadline", deadlines)
+        ):
             return None
-        if set(map(type, scopes)) != {str} or max(map(len, scopes)) > MAX_SCOPE_LENGTH:
+        if min(expirations) < 0:  # a release among them
             return None
-        total = sum(numbers)
-        if not -math.inf < total < math.inf:
-            return None
-        expirations = array("d", numbers)
-        numbers = deadline_values
         if head.deadline is None:
-            if numbers.count(None) != n:
+            if deadlines.count(None) != len(deadlines):
                 return None
-            deadlines = array("d", map(add, expirations, repeat(offset)))
-            total = sum(deadlines)
-        else:
-            if not set(map(type, numbers)) <= _REAL:
-                return None
-            deadlines = array("d", numbers)
-            total = sum(numbers)
-        if not -math.inf < total < math.inf:
+            deadlines = list(map(add, expirations, repeat(offset)))
+        elif None in deadlines:
             return None
-        if head.deadline is not None and tolerance < math.inf:
-            converted = map(add, expirations, repeat(offset))
-            if max(map(abs, map(sub, deadlines, converted))) > tolerance:
+        elif tolerance < math.inf:
+            skews = list(map(sub, deadlines, expirations))
+            if min(skews) < offset - tolerance or max(skews) > offset + tolerance:
                 return None
         shape = worker.shape(
-            signal,
-            None if start_time is None else worker.start_time,
-            None if thread_id is None else worker.thread_id(thread_id),
+            head.signal,
+            None if head.start_time is None else worker.start_time,
+            None if head.thread_id is None else worker.thread_id(head.thread_id),
             head.deadline is not None,
         )
         if not self.arm_many(worker, scopes, deadlines, expirations, shape):
@@ -586,14 +674,54 @@ class TimerTable:
         return worker
 
     def next_deadline(self) -> float | None:
-        """Return the earliest armed deadline (to the microsecond), dropping stale keys from the top."""
+        """Return the earliest armed deadline, dropping stale keys from the top.
+
+        A run counts by the earliest deadline it was armed with, which may be earlier
+        than that of its timers still armed: the caller then looks one time too many.
+        """
         heap = self._heap
+        earliest = min(run[0] for run in self._runs) if self._runs else None
         while heap:
             worker = self._owner(heap[0])
             if worker is not None:
-                return worker.deadlines[heap[0] & _SLOT_MASK]
+                top = worker.deadlines[heap[0] & _SLOT_MASK]
+                return top if earliest is None else min(top, earliest)
             heapq.heappop(heap)
-        return None
+        return earliest
+
+    def _order_runs(self, bound: float) -> None:
+        """Give heap keys to the timers of every run armed with a deadline <= ``bound``."""
+        runs = self._runs
+        if not runs or min(run[0] for run in runs) > bound:
+            return
+        self._runs = [run for run in runs if run[0] > bound]
+        for earliest, worker, start, stop in runs:
+            if earliest <= bound:
+                self._order_run(worker, start, stop)
+
+    def _order_run(self, worker: Worker, start: int, stop: int) -> None:
+        """Give a heap key to each timer of ``worker``'s slots ``start:stop`` still armed by its run."""
+        timers: dict[Any, int] = worker.timers
+        held = worker.scopes[start:stop]
+        slots = range(start, start + len(held))
+        # Still the run's: the scope maps to the slot number itself (not a key).
+        mine = list(map(eq, map(timers.get, held), slots))
+        scopes = list(compress(held, mine))
+        if not scopes:
+            return
+        base, deadlines = worker.base, worker.deadlines
+        keys = [
+            _quantum(deadlines[slot]) << _QUANTUM_SHIFT | (base | slot)
+            for slot in compress(slots, mine)
+        ]
+        timers.update(zip(scopes, keys, strict=True))
+        heap = self._heap
+        if len(keys) >= len(heap) // 8:
+            heap.extend(keys)
+            heapq.heapify(heap)
+        else:
+            for key in keys:
+                _heappush(heap, key)
 
     def expired_entries(self, worker: Worker) -> list[Entry]:
         """Return ``worker``'s expired timers."""
@@ -610,6 +738,7 @@ class TimerTable:
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Move every armed timer with deadline <= ``now`` to its worker's expired timers; return them."""
+        self._order_runs(now)
         heap = self._heap
         bound = (_quantum(now) + 1) << _QUANTUM_SHIFT
         out: list[Entry] = []
@@ -662,6 +791,7 @@ class TimerTable:
                 if worker.timers or worker.expired
             ]
             return lambda: {pid: build() for pid, build in copies}
+        self._order_runs(deadline)
         for pid in self._holding:
             worker = self._workers[pid]
             for key in worker.expired.values():
