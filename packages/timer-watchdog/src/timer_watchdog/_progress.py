@@ -90,19 +90,24 @@ class ProgressScanner:
         self._tail = bytearray()
 
     def feed(self, data: bytes | bytearray, n: int | None = None) -> bytes | None:
-        """Scan ``data[:n]``; return the last matching line it completes, or ``None``."""
+        """Scan ``data[:n]``; return the last matching line it completes, or ``None``.
+
+        Only the ends of ``data`` are looked at, as a rule: its last line end, its
+        first (when a line was left over), and windows that grow back from the end
+        until one holds a match. A chunk with progress near its end costs a few
+        kilobytes of searching, whatever its size.
+        """
         if n is None:
             n = len(data)
-        end = max(data.rfind(b"\n", 0, n), data.rfind(b"\r", 0, n)) + 1
+        newline = data.rfind(b"\n", 0, n)
+        end = max(newline, data.rfind(b"\r", newline + 1, n)) + 1
         if end == 0:
             self._keep(data, 0, n)
             return None
         start = 0
         found = None
         if self._tail:
-            first = _TERMINATOR.search(data, 0, end)
-            assert first is not None
-            start = first.start() + 1
+            start = _first_end(data, end) + 1
             self._keep(data, 0, start - 1)
             line = bytes(self._tail)
             self._tail.clear()
@@ -125,42 +130,65 @@ class ProgressScanner:
 
     def _last_line(self, data: bytes | bytearray, lo: int, hi: int) -> bytes | None:
         """Return the last matching line of ``data[lo:hi]``, complete lines ending in ``hi``."""
-        if lo >= hi:
-            return None
-        if data.find(b"\r", lo, hi) >= 0:
-            lines = _TERMINATOR.split(bytes(data[lo : hi - 1]))
-            for line in reversed(lines):
-                if self._search(line[:MAX_LINE]):
-                    return line
-            return None
-        # Only "\n" ends lines here: search windows that grow back from the end, so a
-        # chunk with progress near its end costs a few kilobytes of searching.
-        search = self._search
         size = _FIRST_WINDOW
         upper = hi
         while upper > lo:
             lower = upper - size
-            lower = lo if lower <= lo else max(lo, data.rfind(b"\n", lo, lower) + 1)
-            best = None
-            pos = lower
-            while pos < upper:
-                match = search(data, pos, upper)
-                if match is None:
-                    break
-                at = match.start()
-                if at >= upper:  # an empty match at the window's end
-                    break
-                line_start = max(lower, data.rfind(b"\n", lower, at) + 1)
-                line_end = data.find(b"\n", at, upper)
-                line = bytes(data[line_start : min(line_end, line_start + MAX_LINE)])
-                if search(line):
-                    best = line
-                pos = line_end + 1
+            if lower <= lo:
+                lower = lo
+            else:  # back to the start of the line that holds ``lower``
+                newline = data.rfind(b"\n", lo, lower)
+                carriage = data.rfind(b"\r", max(lo, newline + 1), lower)
+                lower = max(lo, newline + 1, carriage + 1)
+            # "^" holds after "\n" only: a window that follows a "\r" is split too.
+            if data.find(b"\r", max(lower - 1, 0), upper) >= 0:
+                best = self._last_split(data, lower, upper)
+            else:
+                best = self._last_searched(data, lower, upper)
             if best is not None:
                 return best
             upper = lower
             size *= 4
         return None
+
+    def _last_split(self, data: bytes | bytearray, lo: int, hi: int) -> bytes | None:
+        """Return the last matching line of ``data[lo:hi]``, each line searched alone."""
+        for line in reversed(_TERMINATOR.split(bytes(data[lo : hi - 1]))):
+            if self._search(line[:MAX_LINE]):
+                return line
+        return None
+
+    def _last_searched(self, data: bytes | bytearray, lo: int, hi: int) -> bytes | None:
+        """Return the last matching line of ``data[lo:hi]``, whose lines end in ``\\n`` only.
+
+        The pattern is searched in the whole window (``^`` and ``$`` hold at each
+        ``\\n``), and each line it finds is searched again alone, so that a match
+        across lines is none.
+        """
+        search = self._search
+        best = None
+        pos = lo
+        while pos < hi:
+            match = search(data, pos, hi)
+            if match is None:
+                break
+            at = match.start()
+            if at >= hi:  # an empty match at the window's end
+                break
+            line_start = max(lo, data.rfind(b"\n", lo, at) + 1)
+            line_end = data.find(b"\n", at, hi)
+            line = bytes(data[line_start : min(line_end, line_start + MAX_LINE)])
+            if search(line):
+                best = line
+            pos = line_end + 1
+        return best
+
+
+def _first_end(data: bytes | bytearray, end: int) -> int:
+    """Return where the first line of ``data`` ends (``data[:end]`` holds a line end)."""
+    newline = data.find(b"\n", 0, end)
+    carriage = data.find(b"\r", 0, end if newline < 0 else newline)
+    return newline if carriage < 0 else carriage
 
 
 # -- passing output through -----------------------------------------------------------
