@@ -18,6 +18,7 @@ import math
 import os
 import re
 import selectors
+import stat
 import termios
 import threading
 import time
@@ -28,6 +29,7 @@ from timer_api import TimerRequest
 
 __all__ = [
     "STALL_SCOPE",
+    "FileFollower",
     "Liveness",
     "OutputPump",
     "ProgressOptions",
@@ -49,6 +51,8 @@ CHUNK = 1 << 20
 MAX_LINE = 1 << 16
 #: Seconds between two looks at the heartbeat file's mtime (at most).
 HEARTBEAT_POLL = 0.1
+#: Seconds between two reads of what the job appended to an output file of ours.
+FOLLOW_POLL = 0.05
 #: Seconds the output is still passed on after the job's main process exited, while
 #: its background processes hold the streams open and write nothing.
 LINGER = 2.0
@@ -314,6 +318,80 @@ class OutputPump:
         return True
 
 
+class FileFollower:
+    """Read what the job writes into a regular file of ours, as it comes; report the progress lines.
+
+    The job is given the file itself (it writes there as it would bare: nothing is
+    copied on its way, ``cat`` may even hand the copy to the kernel). A thread reads
+    the file through a descriptor of its own, from where the job starts writing, every
+    :data:`FOLLOW_POLL` seconds, and calls ``on_progress(line)`` with the last
+    matching line of what it read. A file cut shorter (rotated by copy and truncate)
+    is read again from its start.
+    """
+
+    def __init__(
+        self, target: int, scanner: ProgressScanner, on_progress: Callable[[bytes], None]
+    ) -> None:
+        self._fd = os.open(f"/proc/self/fd/{target}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            appending = fcntl.fcntl(target, fcntl.F_GETFL) & os.O_APPEND
+            self._offset = (
+                os.fstat(target).st_size if appending else os.lseek(target, 0, os.SEEK_CUR)
+            )
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._scanner = scanner
+        self._on_progress = on_progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="timer-watchdog-follow", daemon=True)
+
+    def start(self) -> None:
+        """Start following the file."""
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Read what is left, to the file's end, then stop and close."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        buffer = bytearray(CHUNK)
+        while True:
+            ending = self._stop.wait(FOLLOW_POLL)
+            self._read_new(buffer)
+            if ending:
+                break
+        line = self._scanner.finish()
+        if line is not None:
+            self._on_progress(line)
+
+    def _read_new(self, buffer: bytearray) -> None:
+        """Read and scan the file from where the last read ended to its size now."""
+        size = os.fstat(self._fd).st_size
+        if size < self._offset:
+            self._offset = 0
+        view = memoryview(buffer)
+        while self._offset < size:
+            n = os.preadv(self._fd, [view[: min(len(buffer), size - self._offset)]], self._offset)
+            if n == 0:
+                return
+            self._offset += n
+            line = self._scanner.feed(buffer, n)
+            if line is not None:
+                self._on_progress(line)
+
+
+def _regular_file(fd: int) -> bool:
+    """Tell whether ``fd`` is a regular file (not a terminal, pipe, socket or device)."""
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 def _pipe() -> tuple[int, int]:
     """Return a pipe ``(read, write)``, enlarged to :data:`CHUNK` bytes where allowed."""
     read, write = os.pipe()
@@ -548,10 +626,12 @@ class Watch:
     """Own a job's output streams and its liveness clock, for ``run``.
 
     Use: :meth:`child_streams` for the job's ``Popen``, :meth:`start` once it runs,
-    :meth:`finish` once it has exited (or could not be started). A stream of ours that is a terminal is given
-    to the job as a pty of its own (so it line-buffers and colours as it would
-    bare), one pty for both when both are the same terminal (so that their order is
-    kept); the others as pipes. Without ``regex`` the output is not touched at all.
+    :meth:`finish` once it has exited (or could not be started). A stream of ours that
+    is a terminal is given to the job as a pty of its own (so it line-buffers and
+    colours as it would bare), one pty for both when both are the same terminal (so
+    that their order is kept); a regular file is given to the job as it is, and
+    followed (:class:`FileFollower`); the others as pipes, passed on by an
+    :class:`OutputPump`. Without ``regex`` the output is not touched at all.
     """
 
     def __init__(
@@ -569,6 +649,7 @@ class Watch:
         )
         self._child_ends: dict[str, int] = {}
         self._pump: OutputPump | None = None
+        self._followers: list[FileFollower] = []
         if options.regex is None:
             return
         pattern = re.compile(os.fsencode(options.regex))
@@ -580,7 +661,10 @@ class Watch:
                 self._child_ends = {"stdout": theirs, "stderr": theirs}
                 streams.append(_Stream(ours, targets[0], ProgressScanner(pattern)))
             else:
+                followed: list[os.stat_result] = []
                 for name, target in zip(("stdout", "stderr"), targets, strict=True):
+                    if not os.isatty(target) and self._follow(target, pattern, followed):
+                        continue
                     ours, theirs = _pty(target) if os.isatty(target) else _pipe()
                     self._child_ends[name] = theirs
                     streams.append(_Stream(ours, target, ProgressScanner(pattern)))
@@ -588,8 +672,28 @@ class Watch:
             self._close_child_ends()
             for stream in streams:
                 os.close(stream.source)
+            for follower in self._followers:
+                follower.finish()
             raise
-        self._pump = OutputPump(streams, self._progress)
+        if streams:
+            self._pump = OutputPump(streams, self._progress)
+
+    def _follow(
+        self, target: int, pattern: re.Pattern[bytes], followed: list[os.stat_result]
+    ) -> bool:
+        """Follow ``target`` if it is a regular file we can read again; tell whether it is."""
+        if not _regular_file(target):
+            return False
+        status = os.fstat(target)
+        if any(os.path.samestat(status, other) for other in followed):
+            return True  # stdout and stderr are one file (2>&1): followed once
+        try:
+            follower = FileFollower(target, ProgressScanner(pattern), self._progress)
+        except OSError:
+            return False  # not readable by us: passed through a pipe instead
+        self._followers.append(follower)
+        followed.append(status)
+        return True
 
     @property
     def stalled(self) -> str | None:
@@ -614,6 +718,8 @@ class Watch:
         self._close_child_ends()
         if self._pump is not None:
             self._pump.start()
+        for follower in self._followers:
+            follower.start()
         self.liveness.start(on_stall)
 
     def stop_clock(self) -> None:
@@ -626,6 +732,8 @@ class Watch:
         self._close_child_ends()
         if self._pump is not None:
             self._pump.finish(linger)
+        for follower in self._followers:
+            follower.finish()
 
 
 def job_processes(leader: int) -> list[tuple[int, int]]:
