@@ -267,6 +267,28 @@ class TestOutput:
         assert hashlib.sha256(job_err).hexdigest() == hashlib.sha256(err + b"tail").hexdigest()
         assert result.stderr[len(err) + 4 :].startswith(b"timer-watchdog summary:")
 
+    def test_a_file_of_ours_is_the_jobs_own(self, tmp_path):
+        log = tmp_path / "log"
+        with open(log, "wb") as out:
+            result = watchdog(
+                "run",
+                "--progress",
+                r"step \d+",
+                "--stall",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                "readlink /proc/$$/fd/1; echo step 1 >&2; echo step 2 loss 0.5; exec sleep 600",
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        # The job wrote into the file itself (nothing passed through), and run read it.
+        text = log.read_text()
+        assert result.returncode == 128 + signal.SIGKILL, text
+        assert text.startswith(f"{log}\nstep 1\nstep 2 loss 0.5\n"), text
+        assert "last progress: 'step 2 loss 0.5'" in text
+
     def test_text_without_newline_is_passed_at_once(self, tmp_path):
         go = tmp_path / "go"
         proc = subprocess.Popen(

@@ -514,6 +514,60 @@ class TestWatch:
         assert os.read(ours_r, 100) == b"not a tty\n"
         os.close(ours_r)
 
+    def test_a_file_of_ours_is_the_jobs_own_and_followed(self, tmp_path):
+        log = tmp_path / "log"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        stalls: list[str] = []
+        watch = Watch(
+            ProgressOptions(stall=0.3, startup=PATIENCE, regex=r"step \d"), targets=(fd, fd)
+        )
+        # Nothing to pass on: the job writes into the file itself, as bare.
+        assert watch.child_streams() == {}
+        proc = job(
+            "readlink /proc/$$/fd/1; echo step 1; echo step 2 >&2; exec sleep 600",
+            stdout=fd,  # inherited, in run
+            stderr=fd,
+        )
+        try:
+            watch.start(stalls.append)
+            # Seen only by reading the file: the startup limit is far.
+            wait_until(lambda: stalls, "the stall after the progress in the file")
+        finally:
+            proc.kill()
+            proc.wait()
+            watch.finish()
+            os.close(fd)
+        assert "last progress: 'step 2'" in stalls[0], stalls
+        assert log.read_bytes() == f"{log}\nstep 1\nstep 2\n".encode()
+
+    def test_an_appended_file_is_followed_from_its_end(self, tmp_path):
+        log = tmp_path / "log"
+        log.write_bytes(b"step 99 from an earlier run\n")
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        stalls: list[str] = []
+        watch = Watch(
+            ProgressOptions(stall=PATIENCE, startup=0.3, regex=r"step \d"), targets=(fd, fd)
+        )
+        proc = job("echo noise; exec sleep 600", stdout=fd, stderr=fd)
+        try:
+            watch.start(stalls.append)
+            wait_until(lambda: stalls, "the stall at startup")
+        finally:
+            proc.kill()
+            proc.wait()
+            watch.finish()
+            os.close(fd)
+        assert stalls[0].endswith("since the start; no progress seen"), stalls
+
+    def test_a_pipe_and_a_file(self, tmp_path):
+        fd = os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT)
+        ours_r, ours_w = os.pipe()
+        watch = Watch(ProgressOptions(stall=3600, regex="step"), targets=(ours_w, fd))
+        assert list(watch.child_streams()) == ["stdout"]
+        watch.finish()
+        for end in (fd, ours_r, ours_w):
+            os.close(end)
+
     def test_heartbeat_alone_leaves_the_output_alone(self):
         watch = Watch(ProgressOptions(stall=3600, heartbeat="/nonexistent/hb"))
         assert watch.child_streams() == {}
