@@ -24,6 +24,10 @@ STALLED = re.compile(
     r"last progress: 'step 3 loss 0\.3' at \d\d:\d\d:\d\d\n"
 )
 
+#: A first progress may come this late (a loaded machine may take seconds to start a
+#: shell); after it, ``--stall`` alone counts.
+SLOW_START = ("--startup", "30")
+
 #: Prints three progress lines, one line on stderr, then hangs (a child holds on too).
 PROGRESS_THEN_HANG = (
     "for i in 1 2 3; do echo step $i loss 0.$i; done; echo on stderr >&2; "
@@ -54,12 +58,21 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
 class TestStall:
     def test_progress_then_silence_kills_the_whole_job(self):
         result = watchdog(
-            "run", "--progress", r"step \d+", "--stall", "1", "--", "sh", "-c", PROGRESS_THEN_HANG
+            "run",
+            "--progress",
+            r"step \d+",
+            "--stall",
+            "1",
+            *SLOW_START,
+            "--",
+            "sh",
+            "-c",
+            PROGRESS_THEN_HANG,
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
-        assert result.stdout == b"step 1 loss 0.1\nstep 2 loss 0.2\nstep 3 loss 0.3\n"
-        assert err.startswith("on stderr\n")
+        assert result.stdout == b"step 1 loss 0.1\nstep 2 loss 0.2\nstep 3 loss 0.3\n", err
+        assert err.startswith("on stderr\n"), err
         assert STALLED.search(err), err
         # The live line, then the sh and its background sleep killed as expired timers.
         assert "; stopping the job\n" in err
@@ -73,6 +86,7 @@ class TestStall:
             r"step \d+",
             "--stall",
             "1s",
+            *SLOW_START,
             "--signal",
             "TERM",
             "--",
@@ -82,8 +96,8 @@ class TestStall:
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGTERM, err
-        assert "killed with SIGTERM" in err
-        assert "last progress: 'step 1'" in err
+        assert "killed with SIGTERM" in err, err
+        assert "last progress: 'step 1'" in err, err
 
     def test_keeps_printing_is_never_touched(self):
         result = watchdog(
@@ -172,13 +186,14 @@ class TestStall:
             "-c",
             "exec sleep 600",
         )
-        assert result.returncode == 128 + signal.SIGKILL, result.stderr
-        summary = json.loads(result.stderr.splitlines()[-1])
-        assert summary["exit_status"] == 128 + signal.SIGKILL
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGKILL, err
+        summary = json.loads(err.splitlines()[-1])
+        assert summary["exit_status"] == 128 + signal.SIGKILL, err
         assert summary["stalled"] == (
             "stalled: no line matching 'step' for 1 s since the start; no progress seen"
-        )
-        assert [e["scope_id"] for e in summary["expiries"]] == ["stall"]
+        ), err
+        assert [e["scope_id"] for e in summary["expiries"]] == ["stall"], err
 
     def test_a_timer_of_the_job_fires_first(self, tmp_path):
         worker = tmp_path / "worker.py"
@@ -215,6 +230,7 @@ class TestHeartbeat:
             str(beat),
             "--stall",
             "1",
+            *SLOW_START,
             "--",
             "sh",
             "-c",
@@ -223,7 +239,7 @@ class TestHeartbeat:
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
         # --heartbeat alone leaves the output alone: the job writes straight to ours.
-        assert result.stdout == b"touched\n"
+        assert result.stdout == b"touched\n", err
         assert re.search(
             rf"  stalled: no change of {re.escape(str(beat))}'s mtime for 1 s; "
             rf"last progress: {re.escape(str(beat))} touched at \d\d:\d\d:\d\d\n",
@@ -276,6 +292,7 @@ class TestOutput:
                 r"step \d+",
                 "--stall",
                 "1",
+                *SLOW_START,
                 "--",
                 "sh",
                 "-c",
