@@ -28,10 +28,11 @@ STALLED = re.compile(
 #: shell); after it, ``--stall`` alone counts.
 SLOW_START = ("--startup", "30")
 
-#: Prints three progress lines, one line on stderr, then hangs (a child holds on too).
+#: Prints one line on stderr, starts a child that holds on too, prints three progress
+#: lines (in one write, so that a pause of the shell cannot fall between them), hangs.
 PROGRESS_THEN_HANG = (
-    "for i in 1 2 3; do echo step $i loss 0.$i; done; echo on stderr >&2; "
-    "sleep 600 & sleep 600; echo never"
+    "echo on stderr >&2; sleep 600 & "
+    "printf 'step 1 loss 0.1\\nstep 2 loss 0.2\\nstep 3 loss 0.3\\n'; sleep 600; echo never"
 )
 
 
@@ -234,7 +235,7 @@ class TestHeartbeat:
             "--",
             "sh",
             "-c",
-            f"touch {beat}; echo touched; exec sleep 600",
+            f"echo touched; touch {beat}; exec sleep 600",
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
@@ -296,7 +297,7 @@ class TestOutput:
                 "--",
                 "sh",
                 "-c",
-                "readlink /proc/$$/fd/1; echo step 1 >&2; echo step 2 loss 0.5; exec sleep 600",
+                "readlink /proc/$$/fd/1; printf 'step 1\\nstep 2 loss 0.5\\n'; exec sleep 600",
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -304,7 +305,7 @@ class TestOutput:
         text = log.read_text()
         assert result.returncode == 128 + signal.SIGKILL, text
         assert text.startswith(f"{log}\nstep 1\nstep 2 loss 0.5\n"), text
-        assert "last progress: 'step 2 loss 0.5'" in text
+        assert "; last progress: 'step 2 loss 0.5' at " in text, text
 
     def test_text_without_newline_is_passed_at_once(self, tmp_path):
         go = tmp_path / "go"
