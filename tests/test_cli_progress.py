@@ -24,10 +24,15 @@ STALLED = re.compile(
     r"last progress: 'step 3 loss 0\.3' at \d\d:\d\d:\d\d\n"
 )
 
-#: Prints three progress lines, one line on stderr, then hangs (a child holds on too).
+#: A first progress may come this late (a loaded machine may take seconds to start a
+#: shell); after it, ``--stall`` alone counts.
+SLOW_START = ("--startup", "30")
+
+#: Prints one line on stderr, starts a child that holds on too, prints three progress
+#: lines (in one write, so that a pause of the shell cannot fall between them), hangs.
 PROGRESS_THEN_HANG = (
-    "for i in 1 2 3; do echo step $i loss 0.$i; done; echo on stderr >&2; "
-    "sleep 600 & sleep 600; echo never"
+    "echo on stderr >&2; sleep 600 & "
+    "printf 'step 1 loss 0.1\\nstep 2 loss 0.2\\nstep 3 loss 0.3\\n'; sleep 600; echo never"
 )
 
 
@@ -54,12 +59,21 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
 class TestStall:
     def test_progress_then_silence_kills_the_whole_job(self):
         result = watchdog(
-            "run", "--progress", r"step \d+", "--stall", "1", "--", "sh", "-c", PROGRESS_THEN_HANG
+            "run",
+            "--progress",
+            r"step \d+",
+            "--stall",
+            "1",
+            *SLOW_START,
+            "--",
+            "sh",
+            "-c",
+            PROGRESS_THEN_HANG,
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
-        assert result.stdout == b"step 1 loss 0.1\nstep 2 loss 0.2\nstep 3 loss 0.3\n"
-        assert err.startswith("on stderr\n")
+        assert result.stdout == b"step 1 loss 0.1\nstep 2 loss 0.2\nstep 3 loss 0.3\n", err
+        assert err.startswith("on stderr\n"), err
         assert STALLED.search(err), err
         # The live line, then the sh and its background sleep killed as expired timers.
         assert "; stopping the job\n" in err
@@ -73,6 +87,7 @@ class TestStall:
             r"step \d+",
             "--stall",
             "1s",
+            *SLOW_START,
             "--signal",
             "TERM",
             "--",
@@ -82,8 +97,8 @@ class TestStall:
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGTERM, err
-        assert "killed with SIGTERM" in err
-        assert "last progress: 'step 1'" in err
+        assert "killed with SIGTERM" in err, err
+        assert "last progress: 'step 1'" in err, err
 
     def test_keeps_printing_is_never_touched(self):
         result = watchdog(
@@ -172,13 +187,14 @@ class TestStall:
             "-c",
             "exec sleep 600",
         )
-        assert result.returncode == 128 + signal.SIGKILL, result.stderr
-        summary = json.loads(result.stderr.splitlines()[-1])
-        assert summary["exit_status"] == 128 + signal.SIGKILL
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGKILL, err
+        summary = json.loads(err.splitlines()[-1])
+        assert summary["exit_status"] == 128 + signal.SIGKILL, err
         assert summary["stalled"] == (
             "stalled: no line matching 'step' for 1 s since the start; no progress seen"
-        )
-        assert [e["scope_id"] for e in summary["expiries"]] == ["stall"]
+        ), err
+        assert [e["scope_id"] for e in summary["expiries"]] == ["stall"], err
 
     def test_a_timer_of_the_job_fires_first(self, tmp_path):
         worker = tmp_path / "worker.py"
@@ -215,15 +231,16 @@ class TestHeartbeat:
             str(beat),
             "--stall",
             "1",
+            *SLOW_START,
             "--",
             "sh",
             "-c",
-            f"touch {beat}; echo touched; exec sleep 600",
+            f"echo touched; touch {beat}; exec sleep 600",
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
         # --heartbeat alone leaves the output alone: the job writes straight to ours.
-        assert result.stdout == b"touched\n"
+        assert result.stdout == b"touched\n", err
         assert re.search(
             rf"  stalled: no change of {re.escape(str(beat))}'s mtime for 1 s; "
             rf"last progress: {re.escape(str(beat))} touched at \d\d:\d\d:\d\d\n",
@@ -266,6 +283,29 @@ class TestOutput:
         job_err = result.stderr[: len(err) + 4]
         assert hashlib.sha256(job_err).hexdigest() == hashlib.sha256(err + b"tail").hexdigest()
         assert result.stderr[len(err) + 4 :].startswith(b"timer-watchdog summary:")
+
+    def test_a_file_of_ours_is_the_jobs_own(self, tmp_path):
+        log = tmp_path / "log"
+        with open(log, "wb") as out:
+            result = watchdog(
+                "run",
+                "--progress",
+                r"step \d+",
+                "--stall",
+                "1",
+                *SLOW_START,
+                "--",
+                "sh",
+                "-c",
+                "readlink /proc/$$/fd/1; printf 'step 1\\nstep 2 loss 0.5\\n'; exec sleep 600",
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        # The job wrote into the file itself (nothing passed through), and run read it.
+        text = log.read_text()
+        assert result.returncode == 128 + signal.SIGKILL, text
+        assert text.startswith(f"{log}\nstep 1\nstep 2 loss 0.5\n"), text
+        assert "; last progress: 'step 2 loss 0.5' at " in text, text
 
     def test_text_without_newline_is_passed_at_once(self, tmp_path):
         go = tmp_path / "go"

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timer_watchdog._progress import (
+    CHUNK,
     MAX_LINE,
     STALL_SCOPE,
     Liveness,
@@ -72,12 +73,23 @@ def lines_done(stream: bytes, start: int, end: int) -> list[bytes]:
     """Return the lines of ``stream`` whose terminator lies in ``stream[start:end]``."""
     done = []
     line_start = 0
-    for i, byte in enumerate(stream):
-        if byte in b"\r\n":
-            if start <= i < end:
-                done.append(stream[line_start:i])
-            line_start = i + 1
+    for terminator in re.finditer(rb"[\r\n]", stream):
+        i = terminator.start()
+        if start <= i < end:
+            done.append(stream[line_start:i])
+        line_start = i + 1
     return done
+
+
+def check_against_lines(scanner: ProgressScanner, stream: bytes, cuts: list[int]) -> None:
+    """Feed ``stream`` cut at ``cuts``; check each answer against matching line by line."""
+    pattern = scanner._pattern
+    bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
+    for start, end in itertools.pairwise(bounds):
+        matching = [x for x in lines_done(stream, start, end) if pattern.search(x)]
+        assert scanner.feed(stream[start:end]) == (matching[-1] if matching else None)
+    last = re.split(rb"[\r\n]", stream)[-1]
+    assert scanner.finish() == (last if last and pattern.search(last) else None)
 
 
 class TestScanner:
@@ -145,14 +157,34 @@ class TestScanner:
         regex=st.sampled_from([rb"step \d", rb"^step", rb"\d$", rb"^$", rb"p 1x"]),
     )
     def test_same_as_line_by_line(self, stream, cuts, regex):
-        pattern = re.compile(regex)
-        scanner = ProgressScanner(pattern)
-        bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-        for start, end in itertools.pairwise(bounds):
-            matching = [x for x in lines_done(stream, start, end) if pattern.search(x)]
-            assert scanner.feed(stream[start:end]) == (matching[-1] if matching else None)
-        last = re.split(rb"[\r\n]", stream)[-1]
-        assert scanner.finish() == (last if last and pattern.search(last) else None)
+        check_against_lines(ProgressScanner(re.compile(regex)), stream, cuts)
+
+    def test_an_anchor_holds_after_a_carriage_return_that_ended_a_chunk_line(self):
+        scanner = self.scanner(rb"^step")
+        assert scanner.feed(b"50%") is None
+        assert scanner.feed(b"\rstep 1\nnoise\n") == b"step 1"
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        lines=st.lists(
+            st.tuples(
+                st.integers(min_value=0, max_value=40_000),
+                st.sampled_from([b"", b"step 1", b"step 22 x"]),
+                st.sampled_from([b"\n", b"\r"]),
+            ),
+            max_size=24,
+        ),
+        cuts=st.lists(st.integers(min_value=0, max_value=1_000_000), max_size=6),
+        regex=st.sampled_from([rb"step \d+", rb"^step", rb"\d x$", rb"^x*$"]),
+    )
+    def test_same_as_line_by_line_over_big_chunks(self, lines, cuts, regex):
+        # Lines longer than the first search windows, in chunks of any size: the
+        # windows that grow back from a chunk's end find what matching each line would.
+        stream = b"".join(
+            b"x" * (size // 2) + progress + b"x" * (size - size // 2) + end
+            for size, progress, end in lines
+        )
+        check_against_lines(ProgressScanner(re.compile(regex)), stream, cuts)
 
 
 def job(script: str, **kwargs) -> subprocess.Popen[bytes]:
@@ -216,6 +248,55 @@ class TestOutputPump:
         assert hashlib.sha256(got_out).hexdigest() == hashlib.sha256(data["out"]).hexdigest()
         assert hashlib.sha256(got_err).hexdigest() == hashlib.sha256(data["err"]).hexdigest()
         assert sorted(seen[-2:]) == [b"step 9 err", b"step 9 out"]
+
+    def test_lines_across_reads_are_passed_exact_and_matched(self):
+        # Each piece is written once the one before has come through, so every piece
+        # boundary is a read boundary; pieces longer than CHUNK take several reads.
+        pieces = [
+            b"noise\nst",
+            b"ep 1 of 4\n" + b"y" * (CHUNK + 5),
+            b"y" * CHUNK + b"\x00\xff",
+            b"\nstep 2 of 4\r50%\rste",
+            b"p 3 of 4 " + b"z" * (2 * CHUNK) + b"\nnoise\n",
+            b"step 4 of 4, no newline",
+        ]
+        seen_after = [
+            [],
+            [b"step 1 of 4"],
+            [b"step 1 of 4"],
+            [b"step 1 of 4", b"step 2 of 4"],
+            # A line is matched on its first MAX_LINE bytes.
+            [b"step 1 of 4", b"step 2 of 4", (b"step 3 of 4 " + b"z" * MAX_LINE)[:MAX_LINE]],
+            [b"step 1 of 4", b"step 2 of 4", (b"step 3 of 4 " + b"z" * MAX_LINE)[:MAX_LINE]],
+        ]
+        src_r, src_w = os.pipe()
+        ours_r, ours_w = os.pipe()
+        seen: list[bytes] = []
+        pump = OutputPump(
+            [_Stream(src_r, ours_w, ProgressScanner(re.compile(rb"step \d")))], seen.append
+        )
+        pump.start()
+        got = bytearray()
+        reader = drain(ours_r, got)
+        sent = 0
+        for piece, expected in zip(pieces, seen_after, strict=True):
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(src_w, view) :]
+            sent += len(piece)
+            # A read is written on first, then scanned: wait for both.
+            wait_until(
+                lambda: len(got) == sent and len(seen) >= len(expected),  # noqa: B023
+                f"{sent} bytes through, {len(expected)} progress lines seen",
+            )
+            assert seen == expected
+        os.close(src_w)
+        pump.finish()
+        os.close(ours_w)
+        reader.join(PATIENCE)
+        os.close(ours_r)
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
+        assert seen[-1] == b"step 4 of 4, no newline"
 
     def test_output_without_a_newline_is_passed_at_once(self, tmp_path):
         go = tmp_path / "go"
@@ -432,6 +513,61 @@ class TestWatch:
         os.close(ours_w)
         assert os.read(ours_r, 100) == b"not a tty\n"
         os.close(ours_r)
+
+    def test_a_file_of_ours_is_the_jobs_own_and_followed(self, tmp_path):
+        log = tmp_path / "log"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        stalls: list[str] = []
+        watch = Watch(
+            ProgressOptions(stall=0.3, startup=PATIENCE, regex=r"step \d"), targets=(fd, fd)
+        )
+        # Nothing to pass on: the job writes into the file itself, as bare.
+        assert watch.child_streams() == {}
+        proc = job(
+            "readlink /proc/$$/fd/1; printf 'step 1\\nstep 2\\n'; exec sleep 600",
+            stdout=fd,  # inherited, in run
+            stderr=fd,
+        )
+        try:
+            watch.start(stalls.append)
+            # Seen only by reading the file: the startup limit is far.
+            wait_until(lambda: stalls, "the stall after the progress in the file")
+        finally:
+            proc.kill()
+            proc.wait()
+            watch.finish()
+            os.close(fd)
+        # (Either line may be the last seen: a loaded machine may pause between them.)
+        assert "; last progress: 'step " in stalls[0], stalls
+        assert log.read_bytes() == f"{log}\nstep 1\nstep 2\n".encode()
+
+    def test_an_appended_file_is_followed_from_its_end(self, tmp_path):
+        log = tmp_path / "log"
+        log.write_bytes(b"step 99 from an earlier run\n")
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        stalls: list[str] = []
+        watch = Watch(
+            ProgressOptions(stall=PATIENCE, startup=0.3, regex=r"step \d"), targets=(fd, fd)
+        )
+        proc = job("echo noise; exec sleep 600", stdout=fd, stderr=fd)
+        try:
+            watch.start(stalls.append)
+            wait_until(lambda: stalls, "the stall at startup")
+        finally:
+            proc.kill()
+            proc.wait()
+            watch.finish()
+            os.close(fd)
+        assert stalls[0].endswith("since the start; no progress seen"), stalls
+
+    def test_a_pipe_and_a_file(self, tmp_path):
+        fd = os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT)
+        ours_r, ours_w = os.pipe()
+        watch = Watch(ProgressOptions(stall=3600, regex="step"), targets=(ours_w, fd))
+        assert list(watch.child_streams()) == ["stdout"]
+        watch.finish()
+        for end in (fd, ours_r, ours_w):
+            os.close(end)
 
     def test_heartbeat_alone_leaves_the_output_alone(self):
         watch = Watch(ProgressOptions(stall=3600, heartbeat="/nonexistent/hb"))

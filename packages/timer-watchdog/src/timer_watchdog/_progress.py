@@ -18,6 +18,7 @@ import math
 import os
 import re
 import selectors
+import stat
 import termios
 import threading
 import time
@@ -28,6 +29,7 @@ from timer_api import TimerRequest
 
 __all__ = [
     "STALL_SCOPE",
+    "FileFollower",
     "Liveness",
     "OutputPump",
     "ProgressOptions",
@@ -49,6 +51,8 @@ CHUNK = 1 << 20
 MAX_LINE = 1 << 16
 #: Seconds between two looks at the heartbeat file's mtime (at most).
 HEARTBEAT_POLL = 0.1
+#: Seconds between two reads of what the job appended to an output file of ours.
+FOLLOW_POLL = 0.05
 #: Seconds the output is still passed on after the job's main process exited, while
 #: its background processes hold the streams open and write nothing.
 LINGER = 2.0
@@ -90,19 +94,24 @@ class ProgressScanner:
         self._tail = bytearray()
 
     def feed(self, data: bytes | bytearray, n: int | None = None) -> bytes | None:
-        """Scan ``data[:n]``; return the last matching line it completes, or ``None``."""
+        """Scan ``data[:n]``; return the last matching line it completes, or ``None``.
+
+        Only the ends of ``data`` are looked at, as a rule: its last line end, its
+        first (when a line was left over), and windows that grow back from the end
+        until one holds a match. A chunk with progress near its end costs a few
+        kilobytes of searching, whatever its size.
+        """
         if n is None:
             n = len(data)
-        end = max(data.rfind(b"\n", 0, n), data.rfind(b"\r", 0, n)) + 1
+        newline = data.rfind(b"\n", 0, n)
+        end = max(newline, data.rfind(b"\r", newline + 1, n)) + 1
         if end == 0:
             self._keep(data, 0, n)
             return None
         start = 0
         found = None
         if self._tail:
-            first = _TERMINATOR.search(data, 0, end)
-            assert first is not None
-            start = first.start() + 1
+            start = _first_end(data, end) + 1
             self._keep(data, 0, start - 1)
             line = bytes(self._tail)
             self._tail.clear()
@@ -125,42 +134,65 @@ class ProgressScanner:
 
     def _last_line(self, data: bytes | bytearray, lo: int, hi: int) -> bytes | None:
         """Return the last matching line of ``data[lo:hi]``, complete lines ending in ``hi``."""
-        if lo >= hi:
-            return None
-        if data.find(b"\r", lo, hi) >= 0:
-            lines = _TERMINATOR.split(bytes(data[lo : hi - 1]))
-            for line in reversed(lines):
-                if self._search(line[:MAX_LINE]):
-                    return line
-            return None
-        # Only "\n" ends lines here: search windows that grow back from the end, so a
-        # chunk with progress near its end costs a few kilobytes of searching.
-        search = self._search
         size = _FIRST_WINDOW
         upper = hi
         while upper > lo:
             lower = upper - size
-            lower = lo if lower <= lo else max(lo, data.rfind(b"\n", lo, lower) + 1)
-            best = None
-            pos = lower
-            while pos < upper:
-                match = search(data, pos, upper)
-                if match is None:
-                    break
-                at = match.start()
-                if at >= upper:  # an empty match at the window's end
-                    break
-                line_start = max(lower, data.rfind(b"\n", lower, at) + 1)
-                line_end = data.find(b"\n", at, upper)
-                line = bytes(data[line_start : min(line_end, line_start + MAX_LINE)])
-                if search(line):
-                    best = line
-                pos = line_end + 1
+            if lower <= lo:
+                lower = lo
+            else:  # back to the start of the line that holds ``lower``
+                newline = data.rfind(b"\n", lo, lower)
+                carriage = data.rfind(b"\r", max(lo, newline + 1), lower)
+                lower = max(lo, newline + 1, carriage + 1)
+            # "^" holds after "\n" only: a window that follows a "\r" is split too.
+            if data.find(b"\r", max(lower - 1, 0), upper) >= 0:
+                best = self._last_split(data, lower, upper)
+            else:
+                best = self._last_searched(data, lower, upper)
             if best is not None:
                 return best
             upper = lower
             size *= 4
         return None
+
+    def _last_split(self, data: bytes | bytearray, lo: int, hi: int) -> bytes | None:
+        """Return the last matching line of ``data[lo:hi]``, each line searched alone."""
+        for line in reversed(_TERMINATOR.split(bytes(data[lo : hi - 1]))):
+            if self._search(line[:MAX_LINE]):
+                return line
+        return None
+
+    def _last_searched(self, data: bytes | bytearray, lo: int, hi: int) -> bytes | None:
+        """Return the last matching line of ``data[lo:hi]``, whose lines end in ``\\n`` only.
+
+        The pattern is searched in the whole window (``^`` and ``$`` hold at each
+        ``\\n``), and each line it finds is searched again alone, so that a match
+        across lines is none.
+        """
+        search = self._search
+        best = None
+        pos = lo
+        while pos < hi:
+            match = search(data, pos, hi)
+            if match is None:
+                break
+            at = match.start()
+            if at >= hi:  # an empty match at the window's end
+                break
+            line_start = max(lo, data.rfind(b"\n", lo, at) + 1)
+            line_end = data.find(b"\n", at, hi)
+            line = bytes(data[line_start : min(line_end, line_start + MAX_LINE)])
+            if search(line):
+                best = line
+            pos = line_end + 1
+        return best
+
+
+def _first_end(data: bytes | bytearray, end: int) -> int:
+    """Return where the first line of ``data`` ends (``data[:end]`` holds a line end)."""
+    newline = data.find(b"\n", 0, end)
+    carriage = data.find(b"\r", 0, end if newline < 0 else newline)
+    return newline if carriage < 0 else carriage
 
 
 # -- passing output through -----------------------------------------------------------
@@ -284,6 +316,80 @@ class OutputPump:
             if line is not None and self._on_progress is not None:
                 self._on_progress(line)
         return True
+
+
+class FileFollower:
+    """Read what the job writes into a regular file of ours, as it comes; report the progress lines.
+
+    The job is given the file itself (it writes there as it would bare: nothing is
+    copied on its way, ``cat`` may even hand the copy to the kernel). A thread reads
+    the file through a descriptor of its own, from where the job starts writing, every
+    :data:`FOLLOW_POLL` seconds, and calls ``on_progress(line)`` with the last
+    matching line of what it read. A file cut shorter (rotated by copy and truncate)
+    is read again from its start.
+    """
+
+    def __init__(
+        self, target: int, scanner: ProgressScanner, on_progress: Callable[[bytes], None]
+    ) -> None:
+        self._fd = os.open(f"/proc/self/fd/{target}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            appending = fcntl.fcntl(target, fcntl.F_GETFL) & os.O_APPEND
+            self._offset = (
+                os.fstat(target).st_size if appending else os.lseek(target, 0, os.SEEK_CUR)
+            )
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._scanner = scanner
+        self._on_progress = on_progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="timer-watchdog-follow", daemon=True)
+
+    def start(self) -> None:
+        """Start following the file."""
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Read what is left, to the file's end, then stop and close."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        buffer = bytearray(CHUNK)
+        while True:
+            ending = self._stop.wait(FOLLOW_POLL)
+            self._read_new(buffer)
+            if ending:
+                break
+        line = self._scanner.finish()
+        if line is not None:
+            self._on_progress(line)
+
+    def _read_new(self, buffer: bytearray) -> None:
+        """Read and scan the file from where the last read ended to its size now."""
+        size = os.fstat(self._fd).st_size
+        if size < self._offset:
+            self._offset = 0
+        view = memoryview(buffer)
+        while self._offset < size:
+            n = os.preadv(self._fd, [view[: min(len(buffer), size - self._offset)]], self._offset)
+            if n == 0:
+                return
+            self._offset += n
+            line = self._scanner.feed(buffer, n)
+            if line is not None:
+                self._on_progress(line)
+
+
+def _regular_file(fd: int) -> bool:
+    """Tell whether ``fd`` is a regular file (not a terminal, pipe, socket or device)."""
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _pipe() -> tuple[int, int]:
@@ -520,10 +626,12 @@ class Watch:
     """Own a job's output streams and its liveness clock, for ``run``.
 
     Use: :meth:`child_streams` for the job's ``Popen``, :meth:`start` once it runs,
-    :meth:`finish` once it has exited (or could not be started). A stream of ours that is a terminal is given
-    to the job as a pty of its own (so it line-buffers and colours as it would
-    bare), one pty for both when both are the same terminal (so that their order is
-    kept); the others as pipes. Without ``regex`` the output is not touched at all.
+    :meth:`finish` once it has exited (or could not be started). A stream of ours that
+    is a terminal is given to the job as a pty of its own (so it line-buffers and
+    colours as it would bare), one pty for both when both are the same terminal (so
+    that their order is kept); a regular file is given to the job as it is, and
+    followed (:class:`FileFollower`); the others as pipes, passed on by an
+    :class:`OutputPump`. Without ``regex`` the output is not touched at all.
     """
 
     def __init__(
@@ -541,6 +649,7 @@ class Watch:
         )
         self._child_ends: dict[str, int] = {}
         self._pump: OutputPump | None = None
+        self._followers: list[FileFollower] = []
         if options.regex is None:
             return
         pattern = re.compile(os.fsencode(options.regex))
@@ -552,7 +661,10 @@ class Watch:
                 self._child_ends = {"stdout": theirs, "stderr": theirs}
                 streams.append(_Stream(ours, targets[0], ProgressScanner(pattern)))
             else:
+                followed: list[os.stat_result] = []
                 for name, target in zip(("stdout", "stderr"), targets, strict=True):
+                    if not os.isatty(target) and self._follow(target, pattern, followed):
+                        continue
                     ours, theirs = _pty(target) if os.isatty(target) else _pipe()
                     self._child_ends[name] = theirs
                     streams.append(_Stream(ours, target, ProgressScanner(pattern)))
@@ -560,8 +672,28 @@ class Watch:
             self._close_child_ends()
             for stream in streams:
                 os.close(stream.source)
+            for follower in self._followers:
+                follower.finish()
             raise
-        self._pump = OutputPump(streams, self._progress)
+        if streams:
+            self._pump = OutputPump(streams, self._progress)
+
+    def _follow(
+        self, target: int, pattern: re.Pattern[bytes], followed: list[os.stat_result]
+    ) -> bool:
+        """Follow ``target`` if it is a regular file we can read again; tell whether it is."""
+        if not _regular_file(target):
+            return False
+        status = os.fstat(target)
+        if any(os.path.samestat(status, other) for other in followed):
+            return True  # stdout and stderr are one file (2>&1): followed once
+        try:
+            follower = FileFollower(target, ProgressScanner(pattern), self._progress)
+        except OSError:
+            return False  # not readable by us: passed through a pipe instead
+        self._followers.append(follower)
+        followed.append(status)
+        return True
 
     @property
     def stalled(self) -> str | None:
@@ -586,6 +718,8 @@ class Watch:
         self._close_child_ends()
         if self._pump is not None:
             self._pump.start()
+        for follower in self._followers:
+            follower.start()
         self.liveness.start(on_stall)
 
     def stop_clock(self) -> None:
@@ -598,6 +732,8 @@ class Watch:
         self._close_child_ends()
         if self._pump is not None:
             self._pump.finish(linger)
+        for follower in self._followers:
+            follower.finish()
 
 
 def job_processes(leader: int) -> list[tuple[int, int]]:
