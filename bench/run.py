@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run, print the table and write the outputs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    parser.add_argument("--only", help="comma-separated workload numbers (0-7)")
+    parser.add_argument("--only", help="comma-separated workload numbers (0-9)")
     parser.add_argument("--out", type=Path, help="directory for latest.json and bench.png")
     args = parser.parse_args(argv)
     workloads = sorted(WORKLOADS) if not args.only else [int(w) for w in args.only.split(",")]

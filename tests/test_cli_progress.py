@@ -100,6 +100,30 @@ class TestStall:
         assert "killed with SIGTERM" in err, err
         assert "last progress: 'step 1'" in err, err
 
+    def test_command_that_exits_by_itself_while_stopped_still_fails(self):
+        # sh ignores the policy's SIGTERM, its child (which does not) dies of it, and
+        # sh goes on to exit 0.
+        child = f"{sys.executable} -c 'import signal, time; "
+        child += "signal.signal(signal.SIGTERM, signal.SIG_DFL); time.sleep(600)'"
+        result = watchdog(
+            "run",
+            "--progress",
+            r"step \d+",
+            "--stall",
+            "1",
+            "--signal",
+            "TERM",
+            "--grace",
+            "30",
+            "--",
+            "sh",
+            "-c",
+            f"trap '' TERM; {child}; exit 0",
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 128 + signal.SIGTERM, err
+        assert "command exited (status 143)" in err, err
+
     def test_keeps_printing_is_never_touched(self):
         result = watchdog(
             "run",

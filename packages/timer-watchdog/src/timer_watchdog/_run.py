@@ -185,4 +185,8 @@ def _supervise(
             if watch is not None:
                 watch.finish()
     assert job.status is not None
+    if watch is not None and watch.stalled is not None and job.status < 128:
+        # COMMAND exited by itself while the stalled job was being stopped (a shell
+        # whose child was just killed, say): a stalled job never reports success.
+        return 128 + int(policy.signal)
     return job.status
