@@ -104,13 +104,16 @@ class TestStall:
         # sh ignores the policy's SIGTERM, its child (which does not) dies of it, and
         # sh goes on to exit 0.
         child = f"{sys.executable} -c 'import signal, time; "
-        child += "signal.signal(signal.SIGTERM, signal.SIG_DFL); time.sleep(600)'"
+        child += 'signal.signal(signal.SIGTERM, signal.SIG_DFL); print("step 1", flush=True); '
+        child += "time.sleep(600)'"
         result = watchdog(
             "run",
             "--progress",
             r"step \d+",
             "--stall",
             "1",
+            "--startup",
+            "60",  # the stall comes after the child is set up and says so
             "--signal",
             "TERM",
             "--grace",
