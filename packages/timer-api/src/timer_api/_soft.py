@@ -125,7 +125,14 @@ class _Scheduler:
     """Keep the pending deadlines and deliver each one when it passes, from one thread."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        #: Taken with ``with lock:`` by the threads that arm and disarm: the lock's own
+        #: (C) ``__enter__`` leaves no Python instruction between taking it and the
+        #: ``with`` that gives it back, so an exception handed to the thread meanwhile
+        #: (``PyThreadState_SetAsyncExc``) cannot leave it taken. ``Condition.__enter__``
+        #: is Python code: one raised inside it, just after the acquire, kept the lock
+        #: for good and wedged every block of the process.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.heap: list[tuple[float, int, SoftDeadline]] = []
         self.seq = itertools.count()
         self.dead = 0
@@ -308,7 +315,7 @@ def arm(
     if tid == threading.main_thread().ident:
         _install_handler()
     entry = SoftDeadline(tid, _monotonic() + after, message, frame, on_escape)
-    with _scheduler.cond:
+    with _scheduler.lock:
         _scheduler.open.setdefault(tid, []).append(entry)
         _scheduler.push(entry, entry.due)
     return entry
@@ -316,7 +323,7 @@ def arm(
 
 def disarm(entry: SoftDeadline) -> None:
     """End ``entry``: from now on nothing is raised for it."""
-    with _scheduler.cond:
+    with _scheduler.lock:
         entry.active = False
         entry.frame = entry.on_escape = None
         opened = _scheduler.open.get(entry.thread_id)
