@@ -147,6 +147,11 @@ class Reaper:
         self._capture: JobCapture | None = None
         self._snapshot_taken = False
         self._snapshot_result: JobSnapshot | None = None
+        #: When the reaps waiting for the snapshot look at it next: one time for all, so
+        #: that they all go on to their first signal in the same round of the engine
+        #: (a job's shell must not outlive its killed children long enough to go on).
+        self._capture_due = 0.0
+        self._capture_ready = False
 
     def _start(self, reap: Reap, now: float) -> bool:
         """Leave the snapshot phase: ask for the stack or go on to the first signal."""
@@ -190,8 +195,12 @@ class Reaper:
             reap.held = now
         capture = self._capture
         if capture is not None:
-            if not capture.done(now):
-                reap.due = min(now + POLL_STEP, capture.deadline)
+            if now >= self._capture_due:  # one look, shared by every reap that waits
+                self._capture_ready = capture.done(now)
+                if not self._capture_ready:
+                    self._capture_due = min(now + POLL_STEP, capture.deadline)
+            if not self._capture_ready:
+                reap.due = self._capture_due
                 return True
             self._capture = None
             self._snapshot_result = capture.result(now)
