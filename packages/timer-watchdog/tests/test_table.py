@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-from array import array
 
 import pytest
 
@@ -235,10 +234,10 @@ class TestSlots:
 
 class TestArmMany:
     @staticmethod
-    def _batch(n: int, first: int = 0) -> tuple[list[str], array[float], array[float]]:
+    def _batch(n: int, first: int = 0) -> tuple[list[str], list[float], list[float]]:
         scopes = [f"s{first + i}" for i in range(n)]
-        deadlines = array("d", [float((first + i) * 37 % 101) for i in range(n)])
-        expirations = array("d", [d + 1000.0 for d in deadlines])
+        deadlines = [float((first + i) * 37 % 101) for i in range(n)]
+        expirations = [d + 1000.0 for d in deadlines]
         return scopes, deadlines, expirations
 
     def test_arm_many_is_arm_one_by_one(self):

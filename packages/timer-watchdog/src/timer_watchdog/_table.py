@@ -1,7 +1,9 @@
 """The timer table: timers by (worker, scope), in deadline order, on the monotonic clock.
 
 The table keeps no request object. A timer is a *slot* in its worker's columns:
-``scopes`` (the scope string), ``deadlines`` and ``expirations`` (packed doubles) and
+``scopes`` (the scope string), ``deadlines`` and ``expirations`` (the float objects
+the requests carried, or the deadline computed for them: kept, so that rebuilding a
+request allocates no float) and
 ``shapes`` (a tuple ``(signal, start_time, thread_id, has_deadline)`` shared by every
 timer of the worker that looks the same). Its *key* is one int,
 ``quantum << 56 | worker number << 32 | slot`` where ``quantum`` is the deadline in
@@ -34,7 +36,6 @@ from __future__ import annotations
 import heapq
 import math
 import sys
-from array import array
 from collections.abc import Callable, Iterator
 from heapq import heappush as _heappush
 from itertools import compress, repeat, starmap
@@ -81,8 +82,8 @@ def _rebuild(
     pid: int,
     scopes: list[str | None],
     shapes: list[Shape | None] | Shape | None,
-    expirations: array[float],
-    deadlines: array[float],
+    expirations: list[float],
+    deadlines: list[float],
     holes: bool,
 ) -> list[TimerRequest]:
     """Return the requests of the used slots of these columns, in slot order.
@@ -94,8 +95,8 @@ def _rebuild(
         scopes = list(compress(scopes, used))
         if type(shapes) is list:
             shapes = list(compress(shapes, used))
-        expirations = array("d", compress(expirations, used))
-        deadlines = array("d", compress(deadlines, used))
+        expirations = list(compress(expirations, used))
+        deadlines = list(compress(deadlines, used))
     if not scopes:
         return []
     if type(shapes) is list:
@@ -138,8 +139,8 @@ def _rebuild_mixed(
     pid: int,
     scopes: list[str | None],
     shapes: list[Shape | None],
-    expirations: array[float],
-    deadlines: array[float],
+    expirations: list[float],
+    deadlines: list[float],
 ) -> list[TimerRequest]:
     """Return the requests of these columns (no holes), slot by slot."""
     out = []
@@ -258,8 +259,8 @@ class Worker:
         self.expired: dict[str, int] = {}
         #: The columns, by slot; a free slot holds ``None`` in ``scopes``.
         self.scopes: list[str | None] = []
-        self.deadlines = array("d")
-        self.expirations = array("d")
+        self.deadlines: list[float] = []
+        self.expirations: list[float] = []
         self.shapes: list[Shape | None] = []
         #: Free slots, reused before the columns grow.
         self.free: list[int] = []
@@ -322,7 +323,7 @@ class Worker:
         shapes: list[Shape | None] | Shape | None = (
             list(self.shapes) if self.mixed else self.last_shape
         )
-        expirations, deadlines = array("d", self.expirations), array("d", self.deadlines)
+        expirations, deadlines = list(self.expirations), list(self.deadlines)
         for slot, deadline in self.skewed.items():
             deadlines[slot] = deadline
         return lambda: _rebuild(pid, scopes, shapes, expirations, deadlines, holes)
@@ -341,7 +342,8 @@ class Worker:
         self.mixed = False
         self.scopes.clear()
         self.shapes.clear()
-        del self.deadlines[:], self.expirations[:]
+        self.deadlines.clear()
+        self.expirations.clear()
         self.free.clear()
 
 
@@ -498,8 +500,8 @@ class TimerTable:
         self,
         worker: Worker,
         scopes: list[str],
-        deadlines: list[float] | array[float],
-        expirations: list[float] | array[float],
+        deadlines: list[float],
+        expirations: list[float],
         shape: Shape,
     ) -> bool:
         """Arm new timers ``scopes`` of ``worker`` at once, all of one ``shape``, as one run.
