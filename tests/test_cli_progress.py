@@ -36,16 +36,36 @@ PROGRESS_THEN_HANG = (
 )
 
 
+#: The command line of ``timer-watchdog``.
+WATCHDOG = (sys.executable, "-m", "timer_watchdog")
+
+
 def watchdog(*args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:
     """Run ``timer-watchdog ARGS`` to the end and return what it did (bytes)."""
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
     return subprocess.run(
-        [sys.executable, "-m", "timer_watchdog", *args],
+        [*WATCHDOG, *args],
         timeout=BOUND,
         check=False,
         **kwargs,
     )
+
+
+def run_args(
+    *command: str,
+    stall: str,
+    progress: str | None = None,
+    heartbeat: str | None = None,
+    options: tuple[str, ...] = (),
+) -> list[str]:
+    """Return ``run [--progress P] [--heartbeat H] --stall S OPTIONS -- COMMAND``."""
+    args = ["run"]
+    if progress is not None:
+        args += ["--progress", progress]
+    if heartbeat is not None:
+        args += ["--heartbeat", heartbeat]
+    return [*args, "--stall", stall, *options, "--", *command]
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
@@ -59,16 +79,9 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
 class TestStall:
     def test_progress_then_silence_kills_the_whole_job(self):
         result = watchdog(
-            "run",
-            "--progress",
-            r"step \d+",
-            "--stall",
-            "1",
-            *SLOW_START,
-            "--",
-            "sh",
-            "-c",
-            PROGRESS_THEN_HANG,
+            *run_args(
+                "sh", "-c", PROGRESS_THEN_HANG, progress=r"step \d+", stall="1", options=SLOW_START
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
@@ -82,18 +95,14 @@ class TestStall:
 
     def test_the_policy_signal_applies(self):
         result = watchdog(
-            "run",
-            "--progress",
-            r"step \d+",
-            "--stall",
-            "1s",
-            *SLOW_START,
-            "--signal",
-            "TERM",
-            "--",
-            "sh",
-            "-c",
-            "echo step 1; exec sleep 600",
+            *run_args(
+                "sh",
+                "-c",
+                "echo step 1; exec sleep 600",
+                progress=r"step \d+",
+                stall="1s",
+                options=(*SLOW_START, "--signal", "TERM"),
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGTERM, err
@@ -107,21 +116,15 @@ class TestStall:
         child += 'signal.signal(signal.SIGTERM, signal.SIG_DFL); print("step 1", flush=True); '
         child += "time.sleep(600)'"
         result = watchdog(
-            "run",
-            "--progress",
-            r"step \d+",
-            "--stall",
-            "1",
-            "--startup",
-            "60",  # the stall comes after the child is set up and says so
-            "--signal",
-            "TERM",
-            "--grace",
-            "30",
-            "--",
-            "sh",
-            "-c",
-            f"trap '' TERM; {child}; exit 0",
+            *run_args(
+                "sh",
+                "-c",
+                f"trap '' TERM; {child}; exit 0",
+                progress=r"step \d+",
+                stall="1",
+                # The stall comes after the child is set up and says so.
+                options=("--startup", "60", "--signal", "TERM", "--grace", "30"),
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGTERM, err
@@ -129,15 +132,13 @@ class TestStall:
 
     def test_keeps_printing_is_never_touched(self):
         result = watchdog(
-            "run",
-            "--progress",
-            r"step \d+",
-            "--stall",
-            "20",
-            "--",
-            "sh",
-            "-c",
-            "i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo step $i; sleep 0.05; done",
+            *run_args(
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 20 ]; do i=$((i+1)); echo step $i; sleep 0.05; done",
+                progress=r"step \d+",
+                stall="20",
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 0, err
@@ -150,20 +151,15 @@ class TestStall:
         # Without --startup the job would stall at 1 s; it waits for the test, then runs.
         result_proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "timer_watchdog",
-                "run",
-                "--progress",
-                r"step \d+",
-                "--stall",
-                "30",
-                "--startup",
-                "60",
-                "--",
-                "sh",
-                "-c",
-                f"echo starting; while [ ! -e {go} ]; do sleep 0.05; done; echo step 1",
+                *WATCHDOG,
+                *run_args(
+                    "sh",
+                    "-c",
+                    f"echo starting; while [ ! -e {go} ]; do sleep 0.05; done; echo step 1",
+                    progress=r"step \d+",
+                    stall="30",
+                    options=("--startup", "60"),
+                ),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -182,17 +178,14 @@ class TestStall:
 
     def test_startup_limits_the_wait_for_the_first_progress(self):
         result = watchdog(
-            "run",
-            "--progress",
-            r"step \d+",
-            "--stall",
-            "1h",
-            "--startup",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            "echo loading; exec sleep 600",
+            *run_args(
+                "sh",
+                "-c",
+                "echo loading; exec sleep 600",
+                progress=r"step \d+",
+                stall="1h",
+                options=("--startup", "1"),
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
@@ -203,16 +196,7 @@ class TestStall:
 
     def test_json_summary_says_why(self):
         result = watchdog(
-            "run",
-            "--json",
-            "--progress",
-            "step",
-            "--stall",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            "exec sleep 600",
+            *run_args("sh", "-c", "exec sleep 600", progress="step", stall="1", options=("--json",))
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
@@ -240,9 +224,7 @@ class TestStall:
                 """
             )
         )
-        result = watchdog(
-            "run", "--progress", r"step \d+", "--stall", "1h", "--", sys.executable, str(worker)
-        )
+        result = watchdog(*run_args(sys.executable, str(worker), progress=r"step \d+", stall="1h"))
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
         assert "of 'hung-step'" in err
@@ -253,16 +235,14 @@ class TestHeartbeat:
     def test_touches_then_none_is_a_stall(self, tmp_path):
         beat = tmp_path / "alive"
         result = watchdog(
-            "run",
-            "--heartbeat",
-            str(beat),
-            "--stall",
-            "1",
-            *SLOW_START,
-            "--",
-            "sh",
-            "-c",
-            f"echo touched; touch {beat}; exec sleep 600",
+            *run_args(
+                "sh",
+                "-c",
+                f"echo touched; touch {beat}; exec sleep 600",
+                heartbeat=str(beat),
+                stall="1",
+                options=SLOW_START,
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 128 + signal.SIGKILL, err
@@ -277,15 +257,13 @@ class TestHeartbeat:
     def test_kept_touching_is_never_touched(self, tmp_path):
         beat = tmp_path / "alive"
         result = watchdog(
-            "run",
-            "--heartbeat",
-            str(beat),
-            "--stall",
-            "20",
-            "--",
-            "sh",
-            "-c",
-            f"i=0; while [ $i -lt 20 ]; do i=$((i+1)); touch {beat}; sleep 0.05; done",
+            *run_args(
+                "sh",
+                "-c",
+                f"i=0; while [ $i -lt 20 ]; do i=$((i+1)); touch {beat}; sleep 0.05; done",
+                heartbeat=str(beat),
+                stall="20",
+            )
         )
         err = result.stderr.decode()
         assert result.returncode == 0, err
@@ -302,7 +280,7 @@ class TestOutput:
             f"cat {tmp_path / 'out'} & cat {tmp_path / 'err'} >&2 & "
             "wait; printf tail; printf tail >&2"
         )
-        result = watchdog("run", "--progress", "step", "--stall", "1h", "--", "sh", "-c", script)
+        result = watchdog(*run_args("sh", "-c", script, progress="step", stall="1h"))
         assert result.returncode == 0, result.stderr[-2000:]
         assert (
             hashlib.sha256(result.stdout).hexdigest() == hashlib.sha256(out + b"tail").hexdigest()
@@ -315,16 +293,14 @@ class TestOutput:
         log = tmp_path / "log"
         with open(log, "wb") as out:
             result = watchdog(
-                "run",
-                "--progress",
-                r"step \d+",
-                "--stall",
-                "1",
-                *SLOW_START,
-                "--",
-                "sh",
-                "-c",
-                "readlink /proc/$$/fd/1; printf 'step 1\\nstep 2 loss 0.5\\n'; exec sleep 600",
+                *run_args(
+                    "sh",
+                    "-c",
+                    "readlink /proc/$$/fd/1; printf 'step 1\\nstep 2 loss 0.5\\n'; exec sleep 600",
+                    progress=r"step \d+",
+                    stall="1",
+                    options=SLOW_START,
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -338,18 +314,14 @@ class TestOutput:
         go = tmp_path / "go"
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "timer_watchdog",
-                "run",
-                "--progress",
-                "x",
-                "--stall",
-                "1h",
-                "--",
-                "sh",
-                "-c",
-                f"printf 'password: '; while [ ! -e {go} ]; do sleep 0.05; done; echo ok",
+                *WATCHDOG,
+                *run_args(
+                    "sh",
+                    "-c",
+                    f"printf 'password: '; while [ ! -e {go} ]; do sleep 0.05; done; echo ok",
+                    progress="x",
+                    stall="1h",
+                ),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -366,24 +338,13 @@ class TestOutput:
         assert out == b"ok\n"
 
     def test_stdin_is_passed_through(self):
-        result = watchdog("run", "--progress", "x", "--stall", "1h", "--", "cat", input=b"hello\n")
+        result = watchdog(*run_args("cat", progress="x", stall="1h"), input=b"hello\n")
         assert result.returncode == 0
         assert result.stdout == b"hello\n"
 
     def test_a_closed_stdout_ends_a_writer_as_bare(self):
         with subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "timer_watchdog",
-                "run",
-                "--progress",
-                "x",
-                "--stall",
-                "1h",
-                "--",
-                "yes",
-            ],
+            [*WATCHDOG, *run_args("yes", progress="x", stall="1h")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         ) as proc:
@@ -401,20 +362,7 @@ class TestOutput:
             "printf '\\033[32mgreen\\033[0m\\n'; echo step 1"
         )
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "timer_watchdog",
-                "run",
-                "--progress",
-                "step",
-                "--stall",
-                "1h",
-                "--",
-                "sh",
-                "-c",
-                job,
-            ],
+            [*WATCHDOG, *run_args("sh", "-c", job, progress="step", stall="1h")],
             stdin=subprocess.DEVNULL,
             stdout=slave,
             stderr=slave,

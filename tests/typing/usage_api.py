@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import timer_api
@@ -91,6 +92,8 @@ def use() -> None:
     signum: int = timer_api.parse_signal("RTMIN+4")  # raises ValueError if not a signal
     name: str = timer_api.signal_name(signum)
     assert name == "SIGRTMIN+4"
+    load: Callable[[str], object] = timer_api.lazy_getattr(__name__, {"Thing": "._thing"})
+    print(load)
     with expires(after=1.0):
         pass
     with expires(after=1.0, scope="named", client=NullClient()):

@@ -103,15 +103,10 @@ def _wait_until(condition: Callable[[], bool], timeout: float = PATIENCE) -> Non
 
 
 class Child:
-    """A real Python child process that reports ``ready`` (and optionally a value) when set up."""
+    """A real child process (``argv``) that prints ``ready`` (or a value) once set up."""
 
-    def __init__(self, body: str, *args: str) -> None:
-        code = "import os, signal, sys, threading, time\n" + textwrap.dedent(body)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    def __init__(self, argv: list[str], **popen: Any) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, **popen)
         assert self.proc.stdout is not None
         self.ready = self.proc.stdout.readline().strip()
         assert self.ready, "child died before it was ready"
@@ -191,7 +186,8 @@ def spawn() -> Iterator[Callable[..., Child]]:
     children: list[Child] = []
 
     def start(body: str = "sleeper", *args: str) -> Child:
-        child = Child(BODIES.get(body, body), *args)
+        code = "import os, signal, sys, threading, time\n" + textwrap.dedent(BODIES.get(body, body))
+        child = Child([sys.executable, "-c", code, *args])
         children.append(child)
         return child
 

@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from timer_api import process_start_time
 from timer_watchdog import JobSnapshot, Reaped, Signalled, WatchdogPolicy
 from timer_watchdog._forensics import PySpy
 from timer_watchdog._jobreport import build_report, format_report
 from timer_watchdog._snapshot import JobCapture, job_members, read_labels, take_snapshot
 
-from .conftest import PATIENCE
+from .conftest import PATIENCE, Child
 
 needs_py_spy = pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
 
@@ -54,46 +52,31 @@ def wait_in_collective():
 """
 
 
-class Rank:
-    """A real rank process started with rank labels in its environment."""
-
-    def __init__(self, script: Path, stacks: str, mode: str, rank: int | None) -> None:
-        env = dict(os.environ)
-        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK"):
-            env.pop(name, None)
-        if rank is not None:
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="4", GROUP_RANK="0")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), stacks, mode],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,  # as under ``run``: outside the watchdog's group
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "ready", "rank died before it was ready"
-        self.pid = self.proc.pid
-        start = process_start_time(self.pid)
-        assert start is not None
-        self.start_time = start
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(PATIENCE)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def start_rank(script: Path, stacks: str, mode: str, rank: int | None) -> Child:
+    """Start a real rank process (see :data:`RANK`) with rank labels in its environment."""
+    env = dict(os.environ)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK"):
+        env.pop(name, None)
+    if rank is not None:
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="4", GROUP_RANK="0")
+    child = Child(
+        [sys.executable, str(script), stacks, mode],
+        env=env,
+        start_new_session=True,  # as under ``run``: outside the watchdog's group
+    )
+    assert child.ready == "ready", child.ready
+    return child
 
 
 @pytest.fixture
-def rank(tmp_path: Path) -> Iterator[Callable[..., Rank]]:
+def rank(tmp_path: Path) -> Iterator[Callable[..., Child]]:
     """Start rank processes (see :data:`RANK`); all are killed at the end."""
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(RANK))
-    started: list[Rank] = []
+    started: list[Child] = []
 
-    def start(stacks: str, mode: str, number: int | None = None) -> Rank:
-        started.append(Rank(script, stacks, mode, number))
+    def start(stacks: str, mode: str, number: int | None = None) -> Child:
+        started.append(start_rank(script, stacks, mode, number))
         return started[-1]
 
     yield start
@@ -102,7 +85,7 @@ def rank(tmp_path: Path) -> Iterator[Callable[..., Rank]]:
 
 
 def capture(
-    ranks: list[Rank], stacks: str | None, budget: float = 20.0, **kw: object
+    ranks: list[Child], stacks: str | None, budget: float = 20.0, **kw: object
 ) -> JobSnapshot:
     return take_snapshot(
         [(r.pid, r.start_time, True) for r in ranks],

@@ -27,6 +27,7 @@ from ._codec import (
 )
 from ._errors import InvalidRequestError, RejectReason, TimerExpired
 from ._expires import configure, expires
+from ._lazy import lazy_getattr
 from ._procfs import ProcessStat, process_start_time, process_stat
 from ._queue import RequestQueue
 from ._request import MAX_SCOPE_LENGTH, MAX_SIGNAL, TimerRequest
@@ -71,6 +72,7 @@ __all__ = [
     "expires",
     "install_stack_dump",
     "install_stack_dump_from_env",
+    "lazy_getattr",
     "parse_signal",
     "process_start_time",
     "process_stat",

@@ -80,24 +80,12 @@ def decode_json(data: bytes | str) -> TimerRequest:
             data = data.encode()
         except UnicodeEncodeError as exc:
             raise InvalidRequestError(RejectReason.MALFORMED, str(exc)) from None
-    elif not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidRequestError(
-            RejectReason.WRONG_OBJECT, f"expected bytes or str, got {type(data).__name__}"
-        )
-    if len(data) > MAX_REQUEST_BYTES:
-        raise _oversize(bytes(data))
-    return _decode(_json_decoder.decode, data)
+    return _decode_one(_json_decoder.decode, data, "bytes or str")
 
 
 def decode_msgpack(data: bytes) -> TimerRequest:
     """Decode one MessagePack map into a :class:`TimerRequest`, or raise :class:`InvalidRequestError`."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidRequestError(
-            RejectReason.WRONG_OBJECT, f"expected bytes, got {type(data).__name__}"
-        )
-    if len(data) > MAX_REQUEST_BYTES:
-        raise _oversize(bytes(data))
-    return _decode(_msgpack_decoder.decode, data)
+    return _decode_one(_msgpack_decoder.decode, data, "bytes")
 
 
 class LineDecoder:
@@ -214,6 +202,20 @@ def _decode(
         request.signal = None
         request.signal_is_fallback = False
     return request
+
+
+def _decode_one(decode: Callable[[Any], TimerRequest], data: object, expected: str) -> TimerRequest:
+    """Decode one whole encoded request ``data``: bytes of at most :data:`MAX_REQUEST_BYTES`.
+
+    ``expected`` names, in the error for any other type, what the caller accepts.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidRequestError(
+            RejectReason.WRONG_OBJECT, f"expected {expected}, got {type(data).__name__}"
+        )
+    if len(data) > MAX_REQUEST_BYTES:
+        raise _oversize(bytes(data))
+    return _decode(decode, data)
 
 
 def _oversize(raw: bytes) -> InvalidRequestError:

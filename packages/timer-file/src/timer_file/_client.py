@@ -221,25 +221,22 @@ class FileTimerClient(TimerClient):
                 if not self._path_names_pipe():
                     self._close_fd()
                     fd = -1
-        if fd < 0:
-            fd = self._connect(line)
-        try:
-            self._write_unsent(fd)
-            self._write(fd, line)
-        except BrokenPipeError:
-            # The reader went away: a server restart. Find the new pipe, replay, retry.
-            self._close_fd()
-            self._replay_due = True
-            fd = self._connect(line)
+        for retry in (False, True):
+            if fd < 0:
+                fd = self._connect(line)
             try:
                 self._write_unsent(fd)
                 self._write(fd, line)
+                break
             except BrokenPipeError:
+                # The reader went away: a server restart. Find the new pipe, replay, retry once.
                 self._close_fd()
                 self._replay_due = True
-                raise ServerUnavailableError(
-                    errno.EPIPE, f"the timer server reading {self._file_path!r} went away"
-                ) from None
+                fd = -1
+                if retry:
+                    raise ServerUnavailableError(
+                        errno.EPIPE, f"the timer server reading {self._file_path!r} went away"
+                    ) from None
         if not self._keep:
             self._close_fd()
 

@@ -22,6 +22,8 @@ Names and signatures follow ``torch.distributed.elastic.timer``.
 
 from typing import TYPE_CHECKING
 
+from timer_api import lazy_getattr
+
 from .__about__ import __version__
 from ._client import LocalTimerClient
 
@@ -30,22 +32,13 @@ if TYPE_CHECKING:
     from ._server import LocalTimerServer
 
 #: Server-side names, imported on first use so that a worker's import stays light.
-_SERVER_SIDE = {
-    "LocalTimerServer": "._server",
-    "MultiprocessingRequestQueue": "._queue",
-}
-
-
-def __getattr__(name: str) -> object:
-    """Import a server-side name on first use."""
-    if name not in _SERVER_SIDE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_SERVER_SIDE[name], __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "LocalTimerServer": "._server",
+        "MultiprocessingRequestQueue": "._queue",
+    },
+)
 
 __all__ = [
     "LocalTimerClient",

@@ -224,6 +224,11 @@ def _culprit_note(report: JobReport) -> str:
     return note
 
 
+def _rank_note(rank: str | None) -> str:
+    """Return ``" (rank N)"`` for a known rank ``N``, else ``""``."""
+    return f" (rank {rank})" if rank is not None else ""
+
+
 def _clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d} UTC"
 
@@ -258,9 +263,9 @@ def format_report(report: JobReport, *, stacks: bool = False) -> str:
         f"(budget {report.budget:g}s)"
     ]
     if report.culprit is not None:
-        rank = f" (rank {report.culprit_rank})" if report.culprit_rank is not None else ""
         lines.append(
-            f"  first to expire: pid {report.culprit}{rank}, timer {report.scope_id!r}"
+            f"  first to expire: pid {report.culprit}{_rank_note(report.culprit_rank)}, "
+            f"timer {report.scope_id!r}"
             + (
                 f", {report.waiting_for:.1f}s after the others were already waiting"
                 if report.waiting_for is not None
@@ -460,10 +465,9 @@ def format_view(view: JobView) -> str:
     if view.expiries:
         lines.append("  expiries in wall-clock order:")
     for expiry in view.expiries:
-        rank = f" (rank {expiry.rank})" if expiry.rank is not None else ""
         lines.append(
-            f"    {_clock(expiry.expiration_time)}  {expiry.host}  pid {expiry.pid}{rank}  "
-            f"{expiry.scope_id!r}"
+            f"    {_clock(expiry.expiration_time)}  {expiry.host}  "
+            f"pid {expiry.pid}{_rank_note(expiry.rank)}  {expiry.scope_id!r}"
         )
     if view.groups:
         lines.append("  where every process was (innermost frame in user code):")
