@@ -11,6 +11,10 @@ import nox
 nox.needs_version = ">=2024.10.9"  # nox.project.python_versions
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
+#: uv compiles what it installs: where PYTHONDONTWRITEBYTECODE is set (these machines set
+#: it), every process a test starts would otherwise compile pytest, hypothesis and our
+#: packages again (about 0.45 s a process).
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 ROOT = Path(__file__).parent
 #: Every package supports the same Pythons; timer-api's classifiers name them.
@@ -32,6 +36,10 @@ TEST_DEPS = [
 ]
 #: pytest's arguments in every test session; ``nox -- -n 0`` runs the tests one by one.
 PYTEST = ["pytest", "--numprocesses=4"]
+#: The cross-package tests mostly wait on ``timer-watchdog`` processes they start: eight
+#: workers overlap those waits (a package's own tests gain nothing past four: each worker
+#: costs about two seconds of CPU to start).
+PYTEST_ALL = ["pytest", "--numprocesses=8"]
 
 #: Each package and the sibling packages it declares, in install order.
 PACKAGES: dict[str, list[str]] = {
@@ -75,7 +83,7 @@ def tests_all(session: nox.Session) -> None:
     """
     session.install(*TEST_DEPS)
     session.install(*_local(*PACKAGES))
-    session.run(*PYTEST, "tests", *session.posargs)
+    session.run(*PYTEST_ALL, "tests", *session.posargs)
 
 
 @nox.session(python=PYTHONS[-1], default=False)
@@ -105,15 +113,6 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", *session.posargs)
 
 
-@nox.session
-def build(session: nox.Session) -> None:
-    """Build each package's sdist and wheel on its own with hatch, then run twine check."""
-    session.install(*RELEASE_TOOLS)
-    session.run("python", "scripts/release.py", "check-all")  # >= lower bounds, one version source
-    for package in session.posargs or PACKAGES:  # also checks the sdist carries tests + LICENSE
-        session.run("python", "scripts/release.py", "build", package)
-
-
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """Run the demo: a 4-rank job under `timer-watchdog run`; rank 1 hangs, the report names it."""
@@ -133,21 +132,24 @@ TIMER_FILE_CLOSURE = {"timer-file", "timer-api", "timer-watchdog", "msgspec"}
 
 
 @nox.session(python="3.12")
-def wheels(session: nox.Session) -> None:
-    """Install each package's wheel alone in an empty venv and import its own tests against it.
+def build(session: nox.Session) -> None:
+    """Build each package on its own, then install each wheel alone and import its shipped tests.
 
-    Builds all four sdists and wheels with hatch (sdists must carry the tests and LICENSE)
-    and asserts the wheels weigh under 200 KB together. Then, per package, a fresh pip venv
-    gets ONLY that wheel, siblings resolved from the built wheels with --no-index and msgspec
-    from the index; it must add exactly the package, its declared siblings and msgspec to the
-    venv's baseline, import from site-packages, and collect (import) the tests shipped in
-    its sdist, from a temporary directory with the root pytest settings. This runs on Python 3.12 only:
-    the ``tests`` sessions already run every package's suite on each Python.
+    ``scripts/release.py check-all`` checks versions and sibling lower bounds; each
+    package's sdist and wheel are built with hatch, pass ``twine check --strict`` and
+    their content checks, and the four wheels must weigh under 200 KB together. Then,
+    per package, a fresh venv gets ONLY that wheel (siblings from the built wheels and
+    msgspec from one downloaded wheel, with --no-index): it must add exactly the package,
+    its declared siblings and msgspec to the venv's baseline, import from site-packages,
+    and collect (import) the tests shipped in its sdist, from a temporary directory with
+    the root pytest settings. One Python is enough here: the ``tests`` sessions run every
+    package's suite, installed as a wheel built by the same backend, on each Python.
     """
     import shutil
 
-    session.install(*RELEASE_TOOLS, "uv>=0.5")
-    work = Path(session.create_tmp()).resolve() / "wheels"
+    session.install(*RELEASE_TOOLS, "pip", "uv>=0.5")
+    session.run("python", "scripts/release.py", "check-all")  # >= lower bounds, one version source
+    work = Path(session.create_tmp()).resolve() / "build"
     shutil.rmtree(work, ignore_errors=True)
     (work / "wheelhouse").mkdir(parents=True)
     built: dict[str, tuple[Path, Path]] = {}
@@ -160,6 +162,8 @@ def wheels(session: nox.Session) -> None:
     session.log(f"the four wheels weigh {total} bytes together (limit {WHEELS_MAX_BYTES})")
     if total >= WHEELS_MAX_BYTES:
         session.error(f"the four wheels weigh {total} bytes, not under {WHEELS_MAX_BYTES}")
+    fetch = ["python", "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps"]
+    session.run(*fetch, "-d", str(work / "deps"), *sorted(RUNTIME_DEPS))
     for package, (sdist, wheel) in built.items():
         added = _install_alone(session, work, package, wheel)
         expected = {package, *PACKAGES[package], *RUNTIME_DEPS}
@@ -169,20 +173,35 @@ def wheels(session: nox.Session) -> None:
 
 
 def _install_alone(session: nox.Session, work: Path, package: str, wheel: Path) -> set[str]:
-    """Install ``wheel`` alone in a new venv; return the distributions it added."""
+    """Install ``wheel`` alone in a new venv, with no index; return the distributions it added."""
     venv = work / "venvs" / package
-    python = str(venv / "bin" / "python")
-    _in_venv(session, venv, str(Path(session.bin) / "python"), "-m", "venv", str(venv), cwd=work)
+    uv = str(Path(session.bin) / "uv")
+    python = str(Path(session.bin) / "python")
+    _in_venv(session, venv, uv, "venv", "-q", "--python", python, str(venv), cwd=work)
     baseline = _installed(session, venv, work)
-    deps = work / "deps"
-    if not any(deps.glob("*.whl")):
-        fetch = ["-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps", "-d", str(deps)]
-        _in_venv(session, venv, python, *fetch, *sorted(RUNTIME_DEPS), cwd=work)
-    links = ["--no-index", "--find-links", str(work / "wheelhouse"), "--find-links", str(deps)]
-    _in_venv(session, venv, python, "-m", "pip", "install", "-q", *links, str(wheel), cwd=work)
+    links = [
+        "--no-index",
+        "--find-links",
+        str(work / "wheelhouse"),
+        "--find-links",
+        str(work / "deps"),
+    ]
+    _in_venv(
+        session,
+        venv,
+        uv,
+        "pip",
+        "install",
+        "-q",
+        "--python",
+        str(venv),
+        *links,
+        str(wheel),
+        cwd=work,
+    )
     module = package.replace("-", "_")
     probe = f"import sys, {module} as m; assert m.__file__.startswith(sys.prefix), m.__file__"
-    _in_venv(session, venv, python, "-I", "-c", probe, cwd=work)
+    _in_venv(session, venv, str(venv / "bin" / "python"), "-I", "-c", probe, cwd=work)
     return _installed(session, venv, work) - baseline
 
 

@@ -1,4 +1,4 @@
-"""Check, build and inspect one package's release for the build, release and wheels sessions.
+"""Check, build and inspect one package's release for the build and release sessions.
 
 Usage (hatch, twine and packaging must be importable/on PATH; ``nox -s release`` sets that up)::
 
