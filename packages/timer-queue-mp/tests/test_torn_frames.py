@@ -164,3 +164,41 @@ def test_worker_killed_mid_item_does_not_leave_the_server_deaf(
     assert "short" in rejections[0].detail
     assert "write lock" in rejections[0].detail
     assert server.stats().rejected == 1
+
+
+def _write_whole_item_then_die_holding_the_lock(queue: Any, item: bytes) -> None:
+    """Write a whole item as a feeder thread does, and die before releasing the writers' lock.
+
+    This is what SIGKILL leaves when it lands between a feeder thread's write and its
+    release of the lock, as it can when the reaper kills a worker whose other thread is
+    sending a request: nothing is cut short, and the lock stays held for good.
+    """
+    queue._wlock.acquire()
+    queue._writer.send_bytes(pickle.dumps(item))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_writer_killed_holding_the_write_lock_does_not_leave_the_server_deaf(
+    serve: Serve, start_worker: Start, wait_for: WaitFor
+) -> None:
+    queue = FORK.Queue()
+    server = serve(queue)
+    armed_by_the_dead = TimerRequest(4242, "whole", time.time() + 3600)
+    dying = FORK.Process(
+        target=_write_whole_item_then_die_holding_the_lock,
+        args=(queue, encode_msgpack(armed_by_the_dead)),
+    )
+    dying.start()
+    dying.join(PATIENCE)
+    assert dying.exitcode == -signal.SIGKILL
+    assert not queue._wlock.acquire(False), "the dead writer should have left the lock held"
+    # A later worker's requests must still reach the server: its hang is reaped.
+    hung = start_worker(FORK, queue, "hang")
+    hung.join(PATIENCE)
+    assert hung.exitcode == -signal.SIGKILL, "the hung worker after the dead writer was not reaped"
+    done = FORK.Event()
+    fine = start_worker(FORK, queue, "in_time", finish=done)
+    assert wait_for(lambda: server.stats().released == 1, PATIENCE)
+    done.set()
+    fine.join(PATIENCE)
+    assert fine.exitcode == 0

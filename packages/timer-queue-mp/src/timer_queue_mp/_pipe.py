@@ -17,13 +17,18 @@ under a plain queue, the writers' lock held). The reader does not stay stuck on 
 when the rest of a frame does not come within :data:`FRAME_WAIT` seconds, or a frame
 does not hold a pickle, it reports the bytes as :class:`Lost`, searches the stream
 for the next frame and goes on; a writers' lock left held by a dead writer is
-released, so that the other workers can write again.
+released, so that the other workers can write again. A writer can also die holding
+the lock with nothing cut short (killed between writing an item and releasing the
+lock, as a worker is when the reaper kills it while another of its threads sends a
+request): a lock that stays held for :data:`STALE_LOCK_WAIT` seconds while nothing at
+all is written is taken for one such, and released too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import multiprocessing.connection
 import multiprocessing.queues
 import os
@@ -34,7 +39,9 @@ import time
 import weakref
 from typing import Any, NamedTuple
 
-__all__ = ["FRAME_WAIT", "Lost", "PipeReader"]
+__all__ = ["FRAME_WAIT", "STALE_LOCK_WAIT", "Lost", "PipeReader"]
+
+logger = logging.getLogger("timer_queue_mp")
 
 _CHUNK = 65536
 _SHORT = struct.Struct("!i")
@@ -44,6 +51,11 @@ FRAME_WAIT = 5.0
 #: After a truncated frame, how long the pipe must stay silent before a writers'
 #: lock that is still held is taken for one left by a dead writer.
 _LOCK_GRACE = 0.5
+#: Seconds the writers' lock may stay held while nothing is written to the pipe before
+#: it is taken for one left by a writer that died holding it. A live writer writes
+#: right after taking the lock (it pickles the item before), so only a dead one, or
+#: one not scheduled for this long, holds it that long without writing a byte.
+STALE_LOCK_WAIT = 1.0
 #: The largest frame accepted while searching for the next frame after a loss.
 _RESYNC_MAX = 16 * 1024 * 1024
 #: What every pickle written by ``multiprocessing`` starts with (PROTO 2 to 5) and ends with (STOP).
@@ -73,6 +85,7 @@ class PipeReader:
         "_carry",
         "_data",
         "_fd",
+        "_held_since",
         "_poller",
         "_queue",
         "_rlock",
@@ -124,12 +137,29 @@ class PipeReader:
         self._data.register(self._fd, select.POLLIN)
         #: The start of a frame read after a loss whose rest has not arrived yet.
         self._carry = b""
+        #: Since when the writers' lock has been seen held with nothing written (or None).
+        self._held_since: float | None = None
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for data; return ``False`` on timeout or interrupt."""
+        """Wait up to ``timeout`` seconds for data; return ``False`` on timeout or interrupt.
+
+        While it waits it looks at the writers' lock every half :data:`STALE_LOCK_WAIT`
+        (see :meth:`_check_writers_lock`).
+        """
         if self._queue._closed:
             raise ValueError(f"queue {self._queue!r} is closed")
-        events = self._poller.poll(max(0.0, timeout) * 1000.0)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._wlock is None:
+                events = self._poller.poll(max(0.0, remaining) * 1000.0)
+                break
+            events = self._poller.poll(max(0.0, min(remaining, STALE_LOCK_WAIT / 2)) * 1000.0)
+            if events:
+                break
+            self._check_writers_lock()
+            if remaining <= STALE_LOCK_WAIT / 2:
+                break
         woken = False
         for fd, _ in events:
             if fd == self._wake_r:
@@ -176,6 +206,7 @@ class PipeReader:
         chunk = os.read(fd, _CHUNK)
         if not chunk:
             raise PipeClosedError("the queue's pipe has no writer left")
+        self._held_since = None
         buffer = self._carry + chunk if self._carry else chunk
         self._carry = b""
         out: list[bytes | Lost] = []
@@ -277,6 +308,40 @@ class PipeReader:
             have += len(part)
             deadline = time.monotonic() + FRAME_WAIT
         return b"".join(parts), have >= size
+
+    def _check_writers_lock(self) -> None:
+        """Release the writers' lock if it has been held, with nothing written, for long.
+
+        Called while the pipe is silent. The first time the lock is seen held starts
+        the clock; any data read stops it (:meth:`_read_frames`). Held through
+        :data:`STALE_LOCK_WAIT` seconds of silence, it is released and a warning says so.
+        """
+        wlock = self._wlock
+        if wlock is None:
+            return
+        if wlock.acquire(False):
+            wlock.release()
+            self._held_since = None
+            return
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+            return
+        held_for = now - self._held_since
+        if held_for < STALE_LOCK_WAIT:
+            return
+        self._held_since = None
+        try:
+            wlock.release()
+        except ValueError:  # released meanwhile
+            return
+        logger.warning(
+            "the writers' lock of %r stayed held for %.1f s with nothing written: a "
+            "writer died holding it (killed between writing an item and releasing "
+            "the lock?); released it so that the other workers can write again",
+            self._queue,
+            held_for,
+        )
 
     def _break_stale_lock(self) -> bool:
         """Release the writers' lock if a writer died holding it; tell whether it did.
