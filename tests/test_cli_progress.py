@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,6 +289,55 @@ class TestOutput:
         job_err = result.stderr[: len(err) + 4]
         assert hashlib.sha256(job_err).hexdigest() == hashlib.sha256(err + b"tail").hexdigest()
         assert result.stderr[len(err) + 4 :].startswith(b"timer-watchdog summary:")
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run drops its right to read")
+    @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+    def test_files_we_cannot_read_opened_to_append_byte_exact(self, tmp_path):
+        # run cannot follow a file it may not read: the output goes through a pipe of
+        # its own, and a file opened O_APPEND takes no splice: the bytes are copied.
+        out = os.urandom(3_000_000) + b"\nstep 1\nno newline"
+        err = b"step 2\r" + os.urandom(2_000_000) + b"\n"
+        (tmp_path / "out").write_bytes(out)
+        (tmp_path / "err").write_bytes(err)
+        logs = {name: tmp_path / f"{name}.log" for name in ("out", "err")}
+        for log in logs.values():
+            log.write_bytes(b"before\n")
+            log.chmod(0o200)
+        script = f"cat {tmp_path / 'out'} & cat {tmp_path / 'err'} >&2 & wait"
+        with open(logs["out"], "ab") as job_out, open(logs["err"], "ab") as job_err:
+            result = subprocess.run(
+                [
+                    "setpriv",
+                    "--bounding-set=-dac_override,-dac_read_search",
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "timer_watchdog",
+                    "run",
+                    "--progress",
+                    "step",
+                    "--stall",
+                    "1h",
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                stdout=job_out,
+                stderr=job_err,
+                timeout=BOUND,
+                check=False,
+            )
+        written = {name: log.read_bytes() for name, log in logs.items()}
+        assert result.returncode == 0, written["err"][-2000:]
+        expected_out = b"before\n" + out
+        assert (
+            hashlib.sha256(written["out"]).hexdigest() == hashlib.sha256(expected_out).hexdigest()
+        )
+        job_err_bytes = written["err"][: len(err) + 7]
+        expected_err = b"before\n" + err
+        assert hashlib.sha256(job_err_bytes).hexdigest() == hashlib.sha256(expected_err).hexdigest()
+        assert written["err"][len(err) + 7 :].startswith(b"timer-watchdog summary:")
 
     def test_a_file_of_ours_is_the_jobs_own(self, tmp_path):
         log = tmp_path / "log"

@@ -27,12 +27,14 @@ from timer_watchdog._progress import (
     ProgressOptions,
     ProgressScanner,
     Watch,
+    _pipe,
     _Stream,
     job_processes,
     parse_duration,
     progress_options,
     stall_requests,
 )
+from timer_watchdog._splice import tee_function
 
 #: Upper bound of every wait here; only reached when something is broken.
 PATIENCE = 60.0
@@ -81,13 +83,28 @@ def lines_done(stream: bytes, start: int, end: int) -> list[bytes]:
     return done
 
 
-def check_against_lines(scanner: ProgressScanner, stream: bytes, cuts: list[int]) -> None:
-    """Feed ``stream`` cut at ``cuts``; check each answer against matching line by line."""
+def check_against_lines(
+    scanner: ProgressScanner, stream: bytes, cuts: list[int], end_window: int | None = None
+) -> None:
+    """Feed ``stream`` cut at ``cuts``; check each answer against matching line by line.
+
+    With ``end_window``, each chunk is fed as the pump feeds a chunk it spliced on:
+    its last ``end_window`` bytes first, to :meth:`ProgressScanner.feed_end`, with
+    the rest of the buffer still zeros; all of it to ``feed`` only if that says so.
+    """
     pattern = scanner._pattern
     bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
     for start, end in itertools.pairwise(bounds):
         matching = [x for x in lines_done(stream, start, end) if pattern.search(x)]
-        assert scanner.feed(stream[start:end]) == (matching[-1] if matching else None)
+        chunk = stream[start:end]
+        if end_window is None:
+            line = scanner.feed(chunk)
+        else:
+            lo = max(0, len(chunk) - end_window)
+            line = scanner.feed_end(bytes(lo) + chunk[lo:], lo, len(chunk))
+            if line is None:
+                line = scanner.feed(chunk)
+        assert line == (matching[-1] if matching else None)
     last = re.split(rb"[\r\n]", stream)[-1]
     assert scanner.finish() == (last if last and pattern.search(last) else None)
 
@@ -159,6 +176,30 @@ class TestScanner:
     def test_same_as_line_by_line(self, stream, cuts, regex):
         check_against_lines(ProgressScanner(re.compile(regex)), stream, cuts)
 
+    @settings(max_examples=300, deadline=None)
+    @given(
+        stream=st.binary(max_size=300).map(lambda b: bytes(b"st\n\rep 1x"[byte % 9] for byte in b)),
+        cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+        regex=st.sampled_from([rb"step \d", rb"^step", rb"\d$", rb"^$", rb"p 1x"]),
+        end_window=st.integers(min_value=0, max_value=120),
+    )
+    def test_from_the_end_same_as_line_by_line(self, stream, cuts, regex, end_window):
+        check_against_lines(ProgressScanner(re.compile(regex)), stream, cuts, end_window)
+
+    def test_a_match_at_the_end_needs_nothing_before_it(self):
+        scanner = self.scanner()
+        buffer = bytearray(1000) + b"noise\nstep 5\nstep 6 no newline"
+        assert scanner.feed_end(buffer, 1000, len(buffer)) == b"step 5"
+        assert scanner.finish() == b"step 6 no newline"
+
+    def test_no_match_at_the_end_changes_nothing(self):
+        scanner = self.scanner()
+        assert scanner.feed(b"noise\nste") is None
+        chunk = b"p 1\nnoise\nnoise\n"
+        assert scanner.feed_end(chunk, 4, len(chunk)) is None
+        assert scanner.feed_end(chunk, 10, len(chunk)) is None  # no complete line
+        assert scanner.feed(chunk) == b"step 1"
+
     def test_an_anchor_holds_after_a_carriage_return_that_ended_a_chunk_line(self):
         scanner = self.scanner(rb"^step")
         assert scanner.feed(b"50%") is None
@@ -177,14 +218,15 @@ class TestScanner:
         cuts=st.lists(st.integers(min_value=0, max_value=1_000_000), max_size=6),
         regex=st.sampled_from([rb"step \d+", rb"^step", rb"\d x$", rb"^x*$"]),
     )
-    def test_same_as_line_by_line_over_big_chunks(self, lines, cuts, regex):
+    @pytest.mark.parametrize("end_window", [None, 1 << 16], ids=["whole", "from-the-end"])
+    def test_same_as_line_by_line_over_big_chunks(self, lines, cuts, regex, end_window):
         # Lines longer than the first search windows, in chunks of any size: the
         # windows that grow back from a chunk's end find what matching each line would.
         stream = b"".join(
             b"x" * (size // 2) + progress + b"x" * (size - size // 2) + end
             for size, progress, end in lines
         )
-        check_against_lines(ProgressScanner(re.compile(regex)), stream, cuts)
+        check_against_lines(ProgressScanner(re.compile(regex)), stream, cuts, end_window)
 
 
 def job(script: str, **kwargs) -> subprocess.Popen[bytes]:
@@ -209,8 +251,9 @@ def drain(fd: int, into: bytearray) -> threading.Thread:
     return thread
 
 
+@pytest.mark.parametrize("splice", [True, False], ids=["spliced", "copied"])
 class TestOutputPump:
-    def test_passes_both_streams_byte_exact_and_reports_progress(self, tmp_path):
+    def test_passes_both_streams_byte_exact_and_reports_progress(self, splice, tmp_path):
         data = {
             name: os.urandom(3_000_000) + b"\nstep 9 " + name.encode() + b"\r\0"
             for name in ("out", "err")
@@ -230,6 +273,7 @@ class TestOutputPump:
                 _Stream(err_r, our_err_w, ProgressScanner(re.compile(rb"step \d"))),
             ],
             seen.append,
+            splice=splice,
         )
         proc = job(
             f"cat {tmp_path / 'out'} & cat {tmp_path / 'err'} >&2; wait", stdout=out_w, stderr=err_w
@@ -249,7 +293,7 @@ class TestOutputPump:
         assert hashlib.sha256(got_err).hexdigest() == hashlib.sha256(data["err"]).hexdigest()
         assert sorted(seen[-2:]) == [b"step 9 err", b"step 9 out"]
 
-    def test_lines_across_reads_are_passed_exact_and_matched(self):
+    def test_lines_across_reads_are_passed_exact_and_matched(self, splice):
         # Each piece is written once the one before has come through, so every piece
         # boundary is a read boundary; pieces longer than CHUNK take several reads.
         pieces = [
@@ -273,7 +317,9 @@ class TestOutputPump:
         ours_r, ours_w = os.pipe()
         seen: list[bytes] = []
         pump = OutputPump(
-            [_Stream(src_r, ours_w, ProgressScanner(re.compile(rb"step \d")))], seen.append
+            [_Stream(src_r, ours_w, ProgressScanner(re.compile(rb"step \d")))],
+            seen.append,
+            splice=splice,
         )
         pump.start()
         got = bytearray()
@@ -298,11 +344,11 @@ class TestOutputPump:
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
         assert seen[-1] == b"step 4 of 4, no newline"
 
-    def test_output_without_a_newline_is_passed_at_once(self, tmp_path):
+    def test_output_without_a_newline_is_passed_at_once(self, splice, tmp_path):
         go = tmp_path / "go"
         out_r, out_w = os.pipe()
         ours_r, ours_w = os.pipe()
-        pump = OutputPump([_Stream(out_r, ours_w, None)])
+        pump = OutputPump([_Stream(out_r, ours_w, None)], splice=splice)
         proc = job(
             f"printf 'ready> '; while [ ! -e {go} ]; do sleep 0.02; done; printf done", stdout=out_w
         )
@@ -319,10 +365,10 @@ class TestOutputPump:
         os.close(ours_r)
         assert bytes(got) == b"ready> done"
 
-    def test_a_closed_reader_closes_the_job_side(self):
+    def test_a_closed_reader_closes_the_job_side(self, splice):
         out_r, out_w = os.pipe()
         ours_r, ours_w = os.pipe()
-        pump = OutputPump([_Stream(out_r, ours_w, None)])
+        pump = OutputPump([_Stream(out_r, ours_w, None)], splice=splice)
         proc = job("exec yes", stdout=out_w)
         os.close(out_w)
         pump.start()
@@ -333,10 +379,10 @@ class TestOutputPump:
         pump.finish()
         os.close(ours_w)
 
-    def test_finish_stops_waiting_for_a_background_writer(self, tmp_path):
+    def test_finish_stops_waiting_for_a_background_writer(self, splice, tmp_path):
         out_r, out_w = os.pipe()
         ours_r, ours_w = os.pipe()
-        pump = OutputPump([_Stream(out_r, ours_w, None)])
+        pump = OutputPump([_Stream(out_r, ours_w, None)], splice=splice)
         proc = job("sleep 600 & echo $!; echo hi", stdout=out_w)
         os.close(out_w)
         pump.start()
@@ -348,6 +394,121 @@ class TestOutputPump:
             os.kill(background, 9)
         os.close(ours_w)
         os.close(ours_r)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def noise(size: int) -> bytes:
+    """Return ``size`` bytes of log lines that never match ``step``."""
+    lines = b"".join(b"INFO batch %d of the epoch\n" % i for i in range(size // 20 + 1))
+    return lines[:size]
+
+
+@pytest.mark.skipif(tee_function() is None, reason="no tee(2) here: nothing is spliced")
+class TestSplicedPump:
+    @pytest.mark.parametrize(
+        ("kind", "spliced"),
+        [
+            ("pipe", True),
+            ("non-blocking pipe", True),
+            ("file", True),
+            ("file opened to append", False),
+        ],
+    )
+    def test_what_is_spliced_and_what_copied_both_streams_byte_exact(self, kind, spliced, tmp_path):
+        data = {
+            "out": os.urandom(2_500_000) + b"\nstep 1 out\n" + b"no newline",
+            "err": b"step 2 err\r" + os.urandom(1_500_000) + b"\n\0",
+        }
+        sources = {name: _pipe() for name in data}
+        got = {name: bytearray() for name in data}
+        readers, targets, ours = [], {}, []
+        for name in data:
+            if kind.endswith("pipe"):
+                read, write = os.pipe()
+                os.set_blocking(write, kind == "pipe")
+                readers.append(drain(read, got[name]))
+                ours.append(read)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "append" in kind else 0)
+                write = os.open(tmp_path / name, flags)
+            targets[name] = write
+        streams = [
+            _Stream(sources[name][0], targets[name], ProgressScanner(re.compile(rb"step \d")))
+            for name in data
+        ]
+        seen: list[bytes] = []
+        pump = OutputPump(streams, seen.append)
+        pump.start()
+        writers = [
+            threading.Thread(target=write_all, args=(sources[name][1], data[name])) for name in data
+        ]
+        for writer in writers:
+            writer.start()
+
+        def through() -> bool:
+            if kind.endswith("pipe"):
+                return all(len(got[name]) == len(data[name]) for name in data)
+            return all((tmp_path / name).stat().st_size == len(data[name]) for name in data)
+
+        wait_until(through, "every byte passed on")
+        for stream in streams:  # the way they went (each stream open still)
+            assert (stream.splicer is not None) == spliced, kind
+        for writer in writers:
+            writer.join(PATIENCE)
+        for name in data:
+            os.close(sources[name][1])
+        pump.finish()
+        for fd in targets.values():
+            os.close(fd)
+        for reader in readers:
+            reader.join(PATIENCE)
+        for fd in ours:
+            os.close(fd)
+        for name in data:
+            passed = got[name] if kind.endswith("pipe") else (tmp_path / name).read_bytes()
+            assert hashlib.sha256(passed).hexdigest() == hashlib.sha256(data[name]).hexdigest()
+        assert set(seen) == {b"step 1 out", b"step 2 err"}
+
+    @pytest.mark.parametrize(
+        ("written", "expected"),
+        [
+            # A chunk whose only match is at its start: its end is read, then the rest.
+            (b"step 1\n" + noise(600_000) + b"\n", [b"step 1"]),
+            # Its match at its end: the rest is never read.
+            (noise(600_000) + b"\nstep 2\nno newline", [b"step 2"]),
+            (b"step 1\n" + noise(600_000) + b"\nstep 3 last\n", [b"step 3 last"]),
+            (noise(600_000).replace(b"\n", b" "), []),
+            (b"step 4 " + b"y" * 600_000, [(b"step 4 " + b"y" * MAX_LINE)[:MAX_LINE]]),
+        ],
+        ids=["first", "last", "both", "none", "one-long-line"],
+    )
+    def test_a_big_chunk_is_scanned_from_its_end(self, written, expected):
+        # Written before the pump starts, into a pipe that holds it all: most likely
+        # one chunk (any cut gives the same answer: each has one line to report).
+        source_r, source_w = _pipe()
+        ours_r, ours_w = os.pipe()
+        got = bytearray()
+        reader = drain(ours_r, got)
+        writer = threading.Thread(target=write_all, args=(source_w, written))
+        writer.start()
+        seen: list[bytes] = []
+        pump = OutputPump(
+            [_Stream(source_r, ours_w, ProgressScanner(re.compile(rb"step \d")))], seen.append
+        )
+        pump.start()
+        writer.join(PATIENCE)
+        os.close(source_w)
+        pump.finish()
+        os.close(ours_w)
+        reader.join(PATIENCE)
+        os.close(ours_r)
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(written).hexdigest()
+        assert seen == expected
 
 
 class TestLiveness:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from timer_api import TimerRequest
 
+from ._splice import Splicer, splicer_for, tee_function
+
 __all__ = [
     "STALL_SCOPE",
     "FileFollower",
@@ -49,6 +51,9 @@ STALL_SCOPE = "stall"
 CHUNK = 1 << 20
 #: Longest line kept for matching; the rest of a longer line is not matched.
 MAX_LINE = 1 << 16
+#: Bytes at the end of a chunk spliced on that are read first: when a line there
+#: matches, the bytes before it are not read at all.
+END_WINDOW = 1 << 16
 #: Seconds between two looks at the heartbeat file's mtime (at most).
 HEARTBEAT_POLL = 0.1
 #: Seconds between two reads of what the job appended to an output file of ours.
@@ -63,6 +68,9 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", re.IGNORECASE)
 _TERMINATOR = re.compile(rb"[\r\n]")
 _FIRST_WINDOW = 8192
+#: What passing a stream's bytes on returns instead of their count: its end, our side
+#: closed (``EPIPE``), nothing there.
+_ENDED, _BROKEN, _NOTHING = 0, -1, -2
 
 
 def parse_duration(text: str) -> float:
@@ -120,6 +128,25 @@ class ProgressScanner:
         last = self._last_line(data, start, end)
         self._keep(data, end, n)
         return last if last is not None else found
+
+    def feed_end(self, data: bytes | bytearray, lo: int, n: int) -> bytes | None:
+        """Scan ``data[:n]`` from its end ``data[lo:n]`` alone, if that end holds a match.
+
+        Return the last matching line, as :meth:`feed` would, when a complete line of
+        ``data[lo:n]`` matches: what comes before it does not count then. Return
+        ``None``, and change nothing, when it does not: ``data[:lo]`` is needed, and
+        :meth:`feed` must be called once it is there.
+        """
+        newline = data.rfind(b"\n", lo, n)
+        end = max(newline, data.rfind(b"\r", newline + 1, n)) + 1
+        if end <= lo:
+            return None
+        start = _first_end(data, end, lo) + 1
+        last = self._last_line(data, start, end) if start < end else None
+        if last is not None:
+            self._tail.clear()
+            self._keep(data, end, n)
+        return last
 
     def finish(self) -> bytes | None:
         """Match the unterminated line left at the end of the stream, if any."""
@@ -188,10 +215,10 @@ class ProgressScanner:
         return best
 
 
-def _first_end(data: bytes | bytearray, end: int) -> int:
-    """Return where the first line of ``data`` ends (``data[:end]`` holds a line end)."""
-    newline = data.find(b"\n", 0, end)
-    carriage = data.find(b"\r", 0, end if newline < 0 else newline)
+def _first_end(data: bytes | bytearray, end: int, start: int = 0) -> int:
+    """Return where the first line of ``data[start:]`` ends (``data[start:end]`` holds a line end)."""
+    newline = data.find(b"\n", start, end)
+    carriage = data.find(b"\r", start, end if newline < 0 else newline)
     return newline if carriage < 0 else carriage
 
 
@@ -205,6 +232,15 @@ class _Stream:
     source: int
     target: int
     scanner: ProgressScanner | None
+    #: Moves the bytes on in the kernel (``source`` is a pipe); ``None``: copied.
+    splicer: Splicer | None = None
+
+
+def _wait_writable(fd: int) -> None:
+    """Wait (up to a second) until non-blocking ``fd`` may take more."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_WRITE)
+        selector.select(1.0)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -213,9 +249,7 @@ def _write_all(fd: int, data: memoryview) -> None:
         try:
             written = os.write(fd, data)
         except BlockingIOError:
-            with selectors.DefaultSelector() as selector:
-                selector.register(fd, selectors.EVENT_WRITE)
-                selector.select(1.0)
+            _wait_writable(fd)
             continue
         data = data[written:]
 
@@ -223,18 +257,26 @@ def _write_all(fd: int, data: memoryview) -> None:
 class OutputPump:
     """Copy each job stream to our matching fd as it comes; report the progress lines.
 
-    Bytes are written on as soon as they are read (nothing waits for a line's end),
-    one reader thread serves every stream. ``on_progress(line)`` is called from that
-    thread with the last matching line of what was just read. When our side of a
-    stream is closed (``EPIPE``), the job's side is closed too, so the job sees what
-    it would see bare.
+    Bytes are passed on as soon as they are read (nothing waits for a line's end),
+    one reader thread serves every stream. The bytes of a pipe are moved on inside
+    the kernel (``splice(2)``, no copy on their way) and a duplicate of them is read
+    to be scanned (``tee(2)``); where that cannot be done (no ``tee``, not a pipe,
+    an fd of ours that takes no splice, or ``splice=False``) each read is written on.
+    ``on_progress(line)`` is called from the reader thread with the last matching
+    line of what was just passed. When our side of a stream is closed (``EPIPE``),
+    the job's side is closed too, so the job sees what it would see bare.
     """
 
     def __init__(
-        self, streams: list[_Stream], on_progress: Callable[[bytes], None] | None = None
+        self,
+        streams: list[_Stream],
+        on_progress: Callable[[bytes], None] | None = None,
+        *,
+        splice: bool = True,
     ) -> None:
         self._streams = streams
         self._on_progress = on_progress
+        self._splice = splice
         self._wake_r, self._wake_w = os.pipe()
         self._ending: float | None = None
         self._thread = threading.Thread(target=self._run, name="timer-watchdog-output", daemon=True)
@@ -261,7 +303,9 @@ class OutputPump:
         view = memoryview(buffer)
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ, None)
+        tee = tee_function() if self._splice else None
         for stream in self._streams:
+            stream.splicer = splicer_for(stream.source, tee, CHUNK)
             selector.register(stream.source, selectors.EVENT_READ, stream)
         open_streams = len(self._streams)
         quiet_since = None
@@ -281,41 +325,98 @@ class OutputPump:
                         os.read(self._wake_r, 64)
                         continue
                     quiet_since = None
-                    if not self._pass(stream, buffer, view):
+                    if stream.splicer is not None:
+                        n = self._splice_on(stream, buffer, view)
+                    else:
+                        n = self._copy_on(stream, buffer, view)
+                    if n == _ENDED:
+                        self._report(stream.scanner.finish() if stream.scanner else None)
+                    if n in (_ENDED, _BROKEN):
                         # Closed at once: a job still writing there sees EPIPE, as bare.
                         selector.unregister(stream.source)
-                        os.close(stream.source)
-                        stream.source = -1
+                        self._close(stream)
                         open_streams -= 1
         finally:
             selector.close()
             for stream in self._streams:
                 if stream.source >= 0:
-                    os.close(stream.source)
+                    self._close(stream)
 
-    def _pass(self, stream: _Stream, buffer: bytearray, view: memoryview) -> bool:
-        """Copy one read of ``stream``; return ``False`` at its end."""
+    @staticmethod
+    def _close(stream: _Stream) -> None:
+        os.close(stream.source)
+        stream.source = -1
+        if stream.splicer is not None:
+            stream.splicer.close()
+            stream.splicer = None
+
+    def _copy_on(self, stream: _Stream, buffer: bytearray, view: memoryview) -> int:
+        """Read ``stream``, write it on, scan it; return the count, or :data:`_ENDED` etc."""
         try:
-            n = os.readv(stream.source, [buffer])
+            n = os.readv(stream.source, [view])
         except OSError as exc:
             if exc.errno != errno.EIO:  # a pty whose every slave is closed
                 raise
             n = 0
-        scanner = stream.scanner
         if n == 0:
-            line = scanner.finish() if scanner is not None else None
-            if line is not None and self._on_progress is not None:
-                self._on_progress(line)
-            return False
+            return _ENDED
         try:
             _write_all(stream.target, view[:n])
         except BrokenPipeError:
-            return False
-        if scanner is not None:
+            return _BROKEN
+        if stream.scanner is not None:
+            self._report(stream.scanner.feed(buffer, n))
+        return n
+
+    def _splice_on(self, stream: _Stream, buffer: bytearray, view: memoryview) -> int:
+        """Splice what pipe ``stream`` holds on, then scan its copy; return as :meth:`_copy_on`."""
+        splicer = stream.splicer
+        assert splicer is not None
+        try:
+            n = splicer.take()
+        except BlockingIOError:
+            return _NOTHING  # (not seen: the pump is the pipe's only reader)
+        if n == 0:
+            return _ENDED
+        try:
+            moved = splicer.move(stream.target, n, _wait_writable)
+            if moved < n:
+                # Our fd takes no splice: the rest of these bytes, and all after, are copied.
+                rest = view[moved:n]
+                splicer.copy_rest(rest)
+                _write_all(stream.target, rest)
+        except BrokenPipeError:
+            return _BROKEN
+        self._scan_copy(stream.scanner, splicer, buffer, n)
+        if moved < n:
+            splicer.close()
+            stream.splicer = None
+        return n
+
+    def _scan_copy(
+        self, scanner: ProgressScanner | None, splicer: Splicer, buffer: bytearray, n: int
+    ) -> None:
+        """Scan the copy of ``n`` bytes spliced on: its end alone when that end holds a match."""
+        view = memoryview(buffer)
+        front = n - END_WINDOW
+        if scanner is None or front < END_WINDOW or not splicer.can_set_aside:
+            splicer.read_copy(view[:n])
+            if scanner is not None:
+                self._report(scanner.feed(buffer, n))
+            return
+        splicer.set_aside(front)
+        splicer.read_copy(view[front:n])
+        line = scanner.feed_end(buffer, front, n)
+        if line is not None:
+            splicer.drop_aside(front)
+        else:
+            splicer.read_aside(view[:front])
             line = scanner.feed(buffer, n)
-            if line is not None and self._on_progress is not None:
-                self._on_progress(line)
-        return True
+        self._report(line)
+
+    def _report(self, line: bytes | None) -> None:
+        if line is not None and self._on_progress is not None:
+            self._on_progress(line)
 
 
 class FileFollower:
