@@ -43,6 +43,11 @@ BAD_SIGNALS = [
 ]
 
 
+#: No process is started here: the fork context's queues keep no named semaphore that
+#: the resource tracker must follow.
+FORK = multiprocessing.get_context("fork")
+
+
 def _raised(call: Any) -> tuple[RejectReason, str]:
     with pytest.raises(InvalidRequestError) as caught:
         call()
@@ -51,7 +56,7 @@ def _raised(call: Any) -> tuple[RejectReason, str]:
 
 def _engine(request: TimerRequest) -> tuple[RejectReason, str]:
     """Register ``request`` directly on a server (not started); return its one rejection."""
-    server = LocalTimerServer(multiprocessing.get_context("spawn").Queue())
+    server = LocalTimerServer(FORK.Queue())
     rejected: list[Rejected] = []
     server.subscribe(lambda event: rejected.append(event) if isinstance(event, Rejected) else None)
     server.register_timers([request])
@@ -70,7 +75,7 @@ def _wire(**fields: Any) -> tuple[RejectReason, str]:
 def test_a_bad_arm_is_refused_alike_everywhere(
     tmp_path: Path, scope: Any, expiration: Any, reason: RejectReason
 ) -> None:
-    queue = multiprocessing.get_context("spawn").Queue()
+    queue = FORK.Queue()
     pipe = str(tmp_path / "no-server-needed")  # refused before the client opens anything
     outcomes = {
         "LocalTimerClient": _raised(lambda: LocalTimerClient(queue).acquire(scope, expiration)),
@@ -86,7 +91,7 @@ def test_a_bad_arm_is_refused_alike_everywhere(
 def test_a_bad_signal_is_refused_alike_everywhere(
     tmp_path: Path, signal: Any, reason: RejectReason
 ) -> None:
-    queue = multiprocessing.get_context("spawn").Queue()
+    queue = FORK.Queue()
     outcomes = {
         "LocalTimerClient": _raised(lambda: LocalTimerClient(queue, signal=signal)),
         "FileTimerClient": _raised(lambda: FileTimerClient(str(tmp_path / "p"), signal)),

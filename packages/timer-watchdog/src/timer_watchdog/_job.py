@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -24,6 +23,7 @@ from types import FrameType
 from timer_api import process_start_time, process_stat, signal_name
 
 from ._handlers import handling
+from ._libc import c_function
 from ._wakeup import Wakeup
 
 __all__ = ["FORWARDED_SIGNALS", "Job", "become_subreaper", "exit_status"]
@@ -52,12 +52,9 @@ def become_subreaper() -> str | None:
     if not sys.platform.startswith("linux"):
         return f"not supported on {sys.platform}"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = c_function("prctl", [ctypes.c_int] + [ctypes.c_ulong] * 4, ctypes.c_int)
     except OSError as exc:
-        return f"cannot load the C library: {exc}"
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
+        return f"cannot call prctl(): {exc}"
     if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         return f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}"
     return None

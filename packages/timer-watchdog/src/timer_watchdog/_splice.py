@@ -17,6 +17,8 @@ import os
 import stat
 from collections.abc import Callable
 
+from ._libc import c_function
+
 __all__ = ["Splicer", "TeeFunction", "splicer_for", "tee_function"]
 
 #: ``tee(fd_in, fd_out, len, flags)``: the number of bytes duplicated; raises ``OSError``.
@@ -30,11 +32,11 @@ def tee_function() -> TeeFunction | None:
     if not hasattr(os, "splice"):
         return None
     try:
-        tee = ctypes.CDLL(None, use_errno=True).tee
-    except (OSError, AttributeError):
+        tee = c_function(
+            "tee", [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint], ctypes.c_ssize_t
+        )
+    except OSError:
         return None
-    tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-    tee.restype = ctypes.c_ssize_t
 
     def call(fd_in: int, fd_out: int, length: int, flags: int) -> int:
         count: int = tee(fd_in, fd_out, length, flags)
