@@ -316,11 +316,7 @@ class PipeReader:
         the clock; any data read stops it (:meth:`_read_frames`). Held through
         :data:`STALE_LOCK_WAIT` seconds of silence, it is released and a warning says so.
         """
-        wlock = self._wlock
-        if wlock is None:
-            return
-        if wlock.acquire(False):
-            wlock.release()
+        if not self._writers_lock_held():
             self._held_since = None
             return
         now = time.monotonic()
@@ -331,9 +327,7 @@ class PipeReader:
         if held_for < STALE_LOCK_WAIT:
             return
         self._held_since = None
-        try:
-            wlock.release()
-        except ValueError:  # released meanwhile
+        if not self._release_writers_lock():
             return
         logger.warning(
             "the writers' lock of %r stayed held for %.1f s with nothing written: a "
@@ -349,17 +343,28 @@ class PipeReader:
         Called after a frame stopped short. If the lock is held and the pipe still
         receives nothing for a little longer, no live writer is using it.
         """
+        if not self._writers_lock_held():
+            return False
+        if self._data.poll(_LOCK_GRACE * 1000.0):
+            return False  # somebody is writing after all
+        return self._release_writers_lock()
+
+    def _writers_lock_held(self) -> bool:
+        """Tell whether the queue has a writers' lock and some writer holds it now."""
         wlock = self._wlock
         if wlock is None:
             return False
         if wlock.acquire(False):
             wlock.release()
             return False
-        if self._data.poll(_LOCK_GRACE * 1000.0):
-            return False  # somebody is writing after all
+        return True
+
+    def _release_writers_lock(self) -> bool:
+        """Release the writers' lock that another process holds; ``False``: released meanwhile."""
+        assert self._wlock is not None
         try:
-            wlock.release()
-        except ValueError:  # released meanwhile
+            self._wlock.release()
+        except ValueError:
             return False
         return True
 
