@@ -179,26 +179,8 @@ def _install_alone(session: nox.Session, work: Path, package: str, wheel: Path) 
     python = str(Path(session.bin) / "python")
     _in_venv(session, venv, uv, "venv", "-q", "--python", python, str(venv), cwd=work)
     baseline = _installed(session, venv, work)
-    links = [
-        "--no-index",
-        "--find-links",
-        str(work / "wheelhouse"),
-        "--find-links",
-        str(work / "deps"),
-    ]
-    _in_venv(
-        session,
-        venv,
-        uv,
-        "pip",
-        "install",
-        "-q",
-        "--python",
-        str(venv),
-        *links,
-        str(wheel),
-        cwd=work,
-    )
+    links = ["--find-links", str(work / "wheelhouse"), "--find-links", str(work / "deps")]
+    _uv_install(session, venv, "--no-index", *links, str(wheel), cwd=work)
     module = package.replace("-", "_")
     probe = f"import sys, {module} as m; assert m.__file__.startswith(sys.prefix), m.__file__"
     _in_venv(session, venv, str(venv / "bin" / "python"), "-I", "-c", probe, cwd=work)
@@ -217,9 +199,8 @@ def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path)
     import tarfile
 
     venv, run_dir = work / "venvs" / package, work / "run" / package
-    # The test tools are not under test: uv installs them much faster than pip.
-    uv = [str(Path(session.bin) / "uv"), "pip", "install", "-q", "--python", str(venv)]
-    _in_venv(session, venv, *uv, *TEST_DEPS, cwd=work)
+    # The test tools come from the index: they are not under test.
+    _uv_install(session, venv, *TEST_DEPS, cwd=work)
     with tarfile.open(sdist) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extraction_filter = tarfile.data_filter
@@ -241,6 +222,12 @@ def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path)
         *session.posargs,
         cwd=run_dir,
     )
+
+
+def _uv_install(session: nox.Session, venv: Path, *args: str, cwd: Path) -> None:
+    """Install ``args`` into ``venv`` with the session's uv."""
+    uv = str(Path(session.bin) / "uv")
+    _in_venv(session, venv, uv, "pip", "install", "-q", "--python", str(venv), *args, cwd=cwd)
 
 
 def _in_venv(session: nox.Session, venv: Path, *args: str, cwd: Path, quiet: bool = False) -> str:
