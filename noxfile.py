@@ -36,6 +36,11 @@ TEST_DEPS = [
 ]
 #: pytest's arguments in every test session; ``nox -- -n 0`` runs the tests one by one.
 PYTEST = ["pytest", "--numprocesses=4"]
+#: The environment of every pytest run: bytecode is written, whatever the caller's
+#: PYTHONDONTWRITEBYTECODE says. Without it each xdist worker rewrites the asserts of every
+#: test module again (about 2 s of CPU a worker), and so does every process a test starts
+#: for the modules it imports from the checkout: a third of a session's time here.
+TEST_ENV: dict[str, str | None] = {"PYTHONDONTWRITEBYTECODE": None}
 #: The cross-package tests mostly wait on ``timer-watchdog`` processes they start: eight
 #: workers overlap those waits (a package's own tests gain nothing past four: each worker
 #: costs about two seconds of CPU to start).
@@ -62,8 +67,51 @@ def _find_pyenv_interpreters() -> None:
 _find_pyenv_interpreters()
 
 
-def _local(*packages: str) -> list[str]:
-    return [str(ROOT / "packages" / name) for name in packages]
+#: What building a package leaves in its folder, or tools write there: never part of its sources.
+NOT_SOURCES = {"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", "dist"}
+
+
+def _local(session: nox.Session, *packages: str) -> list[str]:
+    """Return wheels of ``packages`` to install, each built once for the state of its sources.
+
+    A session that installs a package folder builds its wheel again (about a second each);
+    here a wheel is kept under the nox env dir, named by a digest of the package's files,
+    and rebuilt when one of them changes. Without uv, the folders are installed as they are.
+    """
+    import shutil
+
+    from nox.virtualenv import HAS_UV, UV
+
+    folders = [ROOT / "packages" / name for name in packages]
+    if not HAS_UV:
+        return [str(folder) for folder in folders]
+    store = Path(session.virtualenv.location).parent / "_wheels"
+    wheels = []
+    for folder in folders:
+        out = store / f"{folder.name}-{_digest(folder)}"
+        if not any(out.glob("*.whl")):
+            tmp = store / f"{out.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            build = [UV, "build", "-q", "--wheel", "--python", str(Path(session.bin, "python"))]
+            session.run_install(*build, "--out-dir", str(tmp), str(folder), external=True)
+            if tmp.exists():  # not when installs are skipped (``nox --no-install``)
+                tmp.rename(out)
+        wheels += [str(wheel) for wheel in out.glob("*.whl")] or [str(folder)]
+    return wheels
+
+
+def _digest(folder: Path) -> str:
+    """Return a digest of the names and contents of the files under ``folder``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in NOT_SOURCES and not d.endswith(".egg-info"))
+        for name in sorted(files):
+            path = Path(parent, name)
+            digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @nox.session(python=PYTHONS)
@@ -71,8 +119,8 @@ def _local(*packages: str) -> list[str]:
 def tests(session: nox.Session, package: str) -> None:
     """Test one package installed alone, with only its declared dependencies."""
     session.install(*TEST_DEPS)
-    session.install(*_local(*PACKAGES[package], package))
-    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs)
+    session.install(*_local(session, *PACKAGES[package], package))
+    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(name="tests-all", python=PYTHONS)
@@ -82,18 +130,23 @@ def tests_all(session: nox.Session) -> None:
     Each package's own tests run in its ``tests`` session, installed alone.
     """
     session.install(*TEST_DEPS)
-    session.install(*_local(*PACKAGES))
-    session.run(*PYTEST_ALL, "tests", *session.posargs)
+    session.install(*_local(session, *PACKAGES))
+    session.run(*PYTEST_ALL, "tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHONS[-1], default=False)
 def quick(session: nox.Session) -> None:
     """Check in about a minute: lint, then every test on one Python, stopping at the first failure."""
     session.install("ruff>=0.8", *TEST_DEPS)
-    session.install(*_local(*PACKAGES))
+    session.install(*_local(session, *PACKAGES))
     session.run("ruff", "check", ".")
     session.run(
-        *PYTEST, "-x", *[f"packages/{name}/tests" for name in PACKAGES], "tests", *session.posargs
+        *PYTEST,
+        "-x",
+        *[f"packages/{name}/tests" for name in PACKAGES],
+        "tests",
+        *session.posargs,
+        env=TEST_ENV,
     )
 
 
@@ -109,14 +162,14 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check every package and the typed usage files with mypy --strict."""
     session.install("mypy>=1.13", *TEST_DEPS)
-    session.install(*_local(*PACKAGES))
+    session.install(*_local(session, *PACKAGES))
     session.run("mypy", *session.posargs)
 
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """Run the demo: a 4-rank job under `timer-watchdog run`; rank 1 hangs, the report names it."""
-    session.install(*_local(*PACKAGES))
+    session.install(*_local(session, *PACKAGES))
     session.run("python", "examples/demo.py", *session.posargs)
 
 
@@ -278,14 +331,14 @@ def workflows(session: nox.Session) -> None:
 def interop(session: nox.Session) -> None:
     """Prove wire compatibility with torch 2.13's file timer, both ways, with real processes."""
     session.install("torch==2.13.0", *TEST_DEPS)  # pip takes torch from the local wheel
-    session.install(*_local("timer-api", "timer-watchdog", "timer-file"))
+    session.install(*_local(session, "timer-api", "timer-watchdog", "timer-file"))
     session.run("pytest", "tests/interop", *session.posargs)
 
 
 @nox.session(python="3.11", venv_backend="venv", default=False)
 def bench(session: nox.Session) -> None:
     """Benchmark ours against torch 2.13 side by side; write docs/benchmarks/ (about 6 min)."""
-    session.install(*_local(*PACKAGES), "matplotlib>=3.8")
+    session.install(*_local(session, *PACKAGES), "matplotlib>=3.8")
     try:  # pip takes torch from the local CPU wheel; without it ours is measured alone
         session.run_install("python", "-m", "pip", "install", "torch==2.13.0")
     except nox.command.CommandFailed:

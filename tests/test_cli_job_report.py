@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from timer_watchdog import JobSnapshot, Signalled, decode_event
 
 BOUND = 90.0
@@ -95,6 +97,7 @@ def events_of(path: Path) -> list:
     return [decode_event(line) for line in path.read_bytes().splitlines()]
 
 
+@pytest.mark.slow
 def test_run_reports_every_rank_grouped_by_user_frame_and_names_the_culprit(tmp_path):
     stacks, events = tmp_path / "stacks", tmp_path / "events.jsonl"
     result = watchdog(
@@ -135,6 +138,7 @@ def test_run_reports_every_rank_grouped_by_user_frame_and_names_the_culprit(tmp_
     assert "2 processes (ranks 0, 2): wait_for_peer() at " in text
 
 
+@pytest.mark.slow
 def test_a_rank_that_never_answers_is_marked_and_the_kill_waits_only_the_budget(tmp_path):
     events = tmp_path / "events.jsonl"
     result = watchdog(
@@ -180,6 +184,7 @@ def test_no_job_snapshot_takes_none(tmp_path):
     assert "job report" not in result.stderr
 
 
+@pytest.mark.slow
 def test_report_merges_three_hosts_in_wall_clock_order(tmp_path):
     reports = tmp_path / "reports"
     # One after the other, so the expiries' wall-clock order is known: b, then a, then c.

@@ -308,6 +308,7 @@ def unread(fd: int) -> int:
 
 
 class TestSystemd:
+    @pytest.mark.slow
     def test_ready_pings_none_while_the_loop_is_stuck_then_stopping(self, tmp_path, serving):
         """The events file is a FIFO nobody reads: the engine loop blocks writing an event."""
         systemd = FakeSystemd()

@@ -122,6 +122,7 @@ BACKGROUND_JOB = """
 """
 
 
+@pytest.mark.slow
 def test_processes_holding_timers_after_the_command_exits_are_policed(tmp_path, pids_to_kill):
     job = script(tmp_path, BACKGROUND_JOB)
     events = tmp_path / "events.jsonl"
@@ -412,6 +413,7 @@ STUBBORN_BACKGROUND_JOB = """
 """
 
 
+@pytest.mark.slow
 def test_second_signal_after_the_command_exited_ends_the_wait(tmp_path, pids_to_kill):
     job = script(tmp_path, STUBBORN_BACKGROUND_JOB)
     stderr = tmp_path / "stderr"

@@ -284,6 +284,7 @@ def test_py_spy_without_stacks_leaves_no_file_in_the_temporary_directory(tmp_pat
     assert list(private_tmp.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_demo_prints_only_paths_that_it_keeps(tmp_path):
     demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
     result = subprocess.run(

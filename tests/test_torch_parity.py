@@ -258,6 +258,7 @@ class TestExpires:
         stats = transport.server.stats()
         assert (stats.armed, stats.released, stats.rejected, stats.signalled) == (1, 1, 0, 0)
 
+    @pytest.mark.slow
     def test_recursion_rearms_one_timer(self, transport: Transport) -> None:
         # Four levels of 1 s under a 3 s timer: the outermost block lasts 4 s, which only
         # survives because each level re-arms (and its exit releases) the same timer.
@@ -358,6 +359,7 @@ class TestServer:
                 exit_code(w)
         assert transport.server.stats().signalled == 0
 
+    @pytest.mark.slow
     def test_worker_that_exits_before_release_is_not_signalled(self, transport: Transport) -> None:
         done = FORK.Event()
         worker = transport.worker(
@@ -579,6 +581,7 @@ class TestFileTransport:
         assert (expired.worker_pid, expired.scope_id) == (worker.pid, "test1")
         assert (killed.worker_pid, killed.scope_id, killed.signal) == (worker.pid, "test1", 9)
 
+    @pytest.mark.slow
     def test_overridden_is_process_running_drops_a_workers_timers(self, tmp_path: Path) -> None:
         # torch's server forgets the timers of a pid that is_process_running() calls
         # gone; a subclass that overrides it changes what the server does.

@@ -431,6 +431,7 @@ class TestOnlyInvalidRequestErrorEscapes:
     def test_bytes_into_decode_msgpack(self, data):
         assert_sane(decode_or_error(decode_msgpack, data))
 
+    @pytest.mark.slow
     @FEW
     @given(jsonish | request_like)
     def test_json_objects(self, obj):
@@ -454,6 +455,7 @@ class TestOnlyInvalidRequestErrorEscapes:
                 assert_sane(item)
             assert decoder.pending < MAX_REQUEST_BYTES
 
+    @pytest.mark.slow
     @FEW
     @given(st.lists(jsonish | request_like, max_size=6), st.data())
     def test_json_lines_into_line_decoder(self, objects, data):
@@ -549,6 +551,7 @@ class TestLineDecoder:
         stream = lines(A, B, C)
         assert feed_all(LineDecoder(), [stream[i : i + 1] for i in range(len(stream))]) == [A, B, C]
 
+    @pytest.mark.slow
     @FEW
     @given(st.lists(requests, max_size=5), st.data())
     def test_any_chunking_gives_the_same_requests(self, batch, data):

@@ -392,6 +392,7 @@ class TestStartStop:
         assert not thread.is_alive()
         assert time.monotonic() - began < BOUND
 
+    @pytest.mark.slow
     def test_stop_is_bounded_when_the_queue_cannot_be_interrupted(self, gate_queue, caplog):
         server = TableServer(gate_queue, max_interval=LONG)
         server.start()

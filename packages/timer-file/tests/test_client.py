@@ -328,6 +328,7 @@ def _recreate_with_inode(
 class TestSameInodeRestart:
     """A pipe re-created at the path may get the old inode number back (seen on ext4)."""
 
+    @pytest.mark.slow
     def test_hung_worker_replays_into_our_restarted_server(self, pipe_path: str) -> None:
         first = FileRequestQueue(pipe_path)
         client = FileTimerClient(pipe_path)

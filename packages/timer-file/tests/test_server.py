@@ -176,6 +176,7 @@ class TestReaping:
             0,
         )
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("restart", ["same_server", "new_server"])
     def test_server_restarted_mid_run_still_reaps(
         self, pipe_path: str, spawn: Spawn, restart: str
@@ -199,6 +200,7 @@ class TestReaping:
         finally:
             second.stop()
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("restart", ["same_server", "new_server"])
     def test_worker_that_sends_nothing_after_a_restart_is_still_reaped(
         self, pipe_path: str, spawn: Spawn, restart: str
@@ -562,6 +564,7 @@ class TestTorchSurface:
         finally:
             server.stop()
 
+    @pytest.mark.slow
     def test_last_progress_time_advances(self, server: FileTimerServer) -> None:
         before = int(time.time())
         assert _until(lambda: server.get_last_progress_time() >= before + 1, timeout=10)

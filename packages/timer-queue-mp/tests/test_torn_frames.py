@@ -74,6 +74,7 @@ TORN = {
 
 
 class TestQueue:
+    @pytest.mark.slow
     @pytest.mark.parametrize("torn", TORN.values(), ids=TORN.keys())
     def test_items_after_a_torn_one_arrive_and_the_loss_is_reported(self, torn: bytes) -> None:
         queue = FORK.Queue()
@@ -93,6 +94,7 @@ class TestQueue:
         assert len(rejected) == 1
         assert rejected[0].reason is RejectReason.MALFORMED
 
+    @pytest.mark.slow
     def test_torn_item_is_reported_when_nothing_follows(self) -> None:
         queue = FORK.Queue()
         requests = MultiprocessingRequestQueue(queue)
@@ -135,6 +137,7 @@ def _pipe_holds_part_of_it(fd: int) -> bool:
     return waiting[0] >= fcntl.fcntl(fd, 1032) // 2  # F_GETPIPE_SZ
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_item_does_not_leave_the_server_deaf(
     serve: Serve, start_worker: Start, wait_for: WaitFor
 ) -> None:
@@ -178,6 +181,7 @@ def _write_whole_item_then_die_holding_the_lock(queue: Any, item: bytes) -> None
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_writer_killed_holding_the_write_lock_does_not_leave_the_server_deaf(
     serve: Serve, start_worker: Start, wait_for: WaitFor
 ) -> None:

@@ -213,6 +213,7 @@ def _wait_for_zombie_leader(pid: int) -> None:
 
 
 class TestZombieLeader:
+    @pytest.mark.slow
     @pytest.mark.parametrize("armed", ["before_main_exits", "after_main_exits"])
     def test_live_threads_behind_a_zombie_main_thread_are_reaped(self, make_server, armed):
         h = make_server()

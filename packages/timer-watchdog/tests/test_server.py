@@ -702,6 +702,7 @@ class _Gate:
 
 
 class TestStatsAgreeWithEvents:
+    @pytest.mark.slow
     def test_a_counted_rejection_has_been_delivered(self, make_server):
         h = make_server(start=False)
         gate = _Gate()

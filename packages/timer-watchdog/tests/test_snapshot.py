@@ -234,6 +234,7 @@ def frozen(pid: int) -> Iterator[None]:
 
 
 class TestBudget:
+    @pytest.mark.slow
     def test_a_process_blocking_the_dump_signal_is_marked_without_holding_the_others(
         self, rank, tmp_path
     ):
@@ -306,6 +307,7 @@ class TestReaper:
         assert ranks[1].proc.wait(PATIENCE) == -signal.SIGKILL
         assert ranks[0].proc.poll() is None
 
+    @pytest.mark.slow
     def test_the_reaped_worker_is_not_asked_again_after_the_snapshot(
         self, make_server, rank, tmp_path
     ):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from timer_watchdog._wakeup import Wakeup
 
 #: Bound on the storm script; only reached if the waiter wedged.
@@ -46,6 +48,7 @@ STORM = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_storm_of_signals_setting_it_never_wedges_the_waiter():
     # With threading.Event in its place, this script wedged or died in about one run
     # of four on this machine (the handler, re-entered, waits for the lock it holds).
