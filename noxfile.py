@@ -252,8 +252,9 @@ def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path)
     import tarfile
 
     venv, run_dir = work / "venvs" / package, work / "run" / package
-    # The test tools come from the index: they are not under test.
-    _uv_install(session, venv, *TEST_DEPS, cwd=work)
+    # The test tools come from the index: they are not under test. Collecting starts one
+    # process: compiling their bytecode first would cost more than it saves.
+    _uv_install(session, venv, *TEST_DEPS, cwd=work, compile_bytecode=False)
     with tarfile.open(sdist) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extraction_filter = tarfile.data_filter
@@ -261,8 +262,7 @@ def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path)
     shutil.copytree(
         work / "sdists" / sdist.name.removesuffix(".tar.gz") / "tests", run_dir / "tests"
     )
-    pytest = [str(venv / "bin" / PYTEST[0]), *PYTEST[1:], "-c", str(ROOT / "pyproject.toml")]
-    pytest += ["--rootdir", "."]
+    pytest = [str(venv / "bin" / "pytest"), "-c", str(ROOT / "pyproject.toml"), "--rootdir", "."]
     _in_venv(
         session,
         venv,
@@ -277,18 +277,24 @@ def _test_installed(session: nox.Session, work: Path, package: str, sdist: Path)
     )
 
 
-def _uv_install(session: nox.Session, venv: Path, *args: str, cwd: Path) -> None:
+def _uv_install(
+    session: nox.Session, venv: Path, *args: str, cwd: Path, compile_bytecode: bool = True
+) -> None:
     """Install ``args`` into ``venv`` with the session's uv."""
     uv = str(Path(session.bin) / "uv")
-    _in_venv(session, venv, uv, "pip", "install", "-q", "--python", str(venv), *args, cwd=cwd)
+    install = [uv, "pip", "install", "-q", "--python", str(venv), *args]
+    _in_venv(session, venv, *install, cwd=cwd, UV_COMPILE_BYTECODE=str(int(compile_bytecode)))
 
 
-def _in_venv(session: nox.Session, venv: Path, *args: str, cwd: Path, quiet: bool = False) -> str:
-    """Run ``args`` with ``venv`` first on PATH and no PYTHONPATH; fail the session on error."""
+def _in_venv(
+    session: nox.Session, venv: Path, *args: str, cwd: Path, quiet: bool = False, **env_vars: str
+) -> str:
+    """Run ``args`` with ``venv`` first on PATH, ``env_vars`` set and no PYTHONPATH; fail on error."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
+    env.update(env_vars)
     session.log(" ".join(args))
     done = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=quiet, check=False)
     if done.returncode:

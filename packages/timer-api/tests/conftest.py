@@ -16,10 +16,11 @@ def pytest_configure(config: pytest.Config) -> None:
     ``st.text()`` needs tables of the Unicode categories and of what UTF-8 encodes, which
     hypothesis computes (about 2.5 s of CPU) and keeps under ``.hypothesis/``. In a fresh
     checkout every worker would compute them at the same time; drawn here, in the process
-    that starts the workers (or the only one), the workers read what it stored. Hypothesis
-    warns about slow work while plugins load: here that work is the point.
+    that starts the workers (or the only one), the workers read what it stored. A run
+    that only collects draws nothing. Hypothesis warns about slow work while plugins
+    load: here that work is the point.
     """
-    if not hasattr(config, "workerinput"):
+    if not hasattr(config, "workerinput") and not config.option.collectonly:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HypothesisSideeffectWarning)
             _draw_one_text()
