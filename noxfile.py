@@ -36,11 +36,6 @@ TEST_DEPS = [
 ]
 #: pytest's arguments in every test session; ``nox -- -n 0`` runs the tests one by one.
 PYTEST = ["pytest", "--numprocesses=4"]
-#: The environment of every pytest run: bytecode is written, whatever the caller's
-#: PYTHONDONTWRITEBYTECODE says. Without it each xdist worker rewrites the asserts of every
-#: test module again (about 2 s of CPU a worker), and so does every process a test starts
-#: for the modules it imports from the checkout: a third of a session's time here.
-TEST_ENV: dict[str, str | None] = {"PYTHONDONTWRITEBYTECODE": None}
 #: The cross-package tests mostly wait on ``timer-watchdog`` processes they start: eight
 #: workers overlap those waits (a package's own tests gain nothing past four: each worker
 #: costs about two seconds of CPU to start).
@@ -120,7 +115,7 @@ def tests(session: nox.Session, package: str) -> None:
     """Test one package installed alone, with only its declared dependencies."""
     session.install(*TEST_DEPS)
     session.install(*_local(session, *PACKAGES[package], package))
-    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs, env=TEST_ENV)
+    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs)
 
 
 @nox.session(name="tests-all", python=PYTHONS)
@@ -131,7 +126,7 @@ def tests_all(session: nox.Session) -> None:
     """
     session.install(*TEST_DEPS)
     session.install(*_local(session, *PACKAGES))
-    session.run(*PYTEST_ALL, "tests", *session.posargs, env=TEST_ENV)
+    session.run(*PYTEST_ALL, "tests", *session.posargs)
 
 
 @nox.session(python=PYTHONS[-1], default=False)
@@ -141,12 +136,7 @@ def quick(session: nox.Session) -> None:
     session.install(*_local(session, *PACKAGES))
     session.run("ruff", "check", ".")
     session.run(
-        *PYTEST,
-        "-x",
-        *[f"packages/{name}/tests" for name in PACKAGES],
-        "tests",
-        *session.posargs,
-        env=TEST_ENV,
+        *PYTEST, "-x", *[f"packages/{name}/tests" for name in PACKAGES], "tests", *session.posargs
     )
 
 
