@@ -36,6 +36,12 @@ TEST_DEPS = [
 ]
 #: pytest's arguments in every test session; ``nox -- -n 0`` runs the tests one by one.
 PYTEST = ["pytest", "--numprocesses=4"]
+#: The environment of every pytest run: bytecode is written, whatever the caller's
+#: PYTHONDONTWRITEBYTECODE says (these machines set it). The processes a test run starts
+#: import the same sources again and again (xdist workers, spawned children that import
+#: the test module, the commands under test); without it each one compiles them anew.
+#: On fresh clones, tests-3.11 and tests-all-3.11 took 77 s with it, 85-91 s without.
+TEST_ENV: dict[str, str | None] = {"PYTHONDONTWRITEBYTECODE": None}
 #: The cross-package tests mostly wait on ``timer-watchdog`` processes they start: eight
 #: workers overlap those waits (a package's own tests gain nothing past four: each worker
 #: costs about two seconds of CPU to start).
@@ -115,7 +121,7 @@ def tests(session: nox.Session, package: str) -> None:
     """Test one package installed alone, with only its declared dependencies."""
     session.install(*TEST_DEPS)
     session.install(*_local(session, *PACKAGES[package], package))
-    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs)
+    session.run(*PYTEST, f"packages/{package}/tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(name="tests-all", python=PYTHONS)
@@ -126,7 +132,7 @@ def tests_all(session: nox.Session) -> None:
     """
     session.install(*TEST_DEPS)
     session.install(*_local(session, *PACKAGES))
-    session.run(*PYTEST_ALL, "tests", *session.posargs)
+    session.run(*PYTEST_ALL, "tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHONS[-1], default=False)
@@ -135,9 +141,8 @@ def quick(session: nox.Session) -> None:
     session.install("ruff>=0.8", *TEST_DEPS)
     session.install(*_local(session, *PACKAGES))
     session.run("ruff", "check", ".")
-    session.run(
-        *PYTEST, "-x", *[f"packages/{name}/tests" for name in PACKAGES], "tests", *session.posargs
-    )
+    tests = [f"packages/{name}/tests" for name in PACKAGES]
+    session.run(*PYTEST, "-x", *tests, "tests", *session.posargs, env=TEST_ENV)
 
 
 @nox.session
