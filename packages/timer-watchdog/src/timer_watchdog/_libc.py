@@ -19,10 +19,12 @@ def _library() -> ctypes.CDLL:
 def c_function(name: str, argtypes: list[Any], restype: Any) -> Any:
     """Return the C library's function ``name`` with these types; raise ``OSError`` if none.
 
+    Each call returns a function object of its own (``CDLL[name]``, not the attribute
+    ``CDLL`` caches), so the types set here are never those another caller set.
     Failed calls set ``ctypes.get_errno()``.
     """
     try:
-        function = getattr(_library(), name)
+        function = _library()[name]
     except AttributeError:
         raise OSError(f"the C library has no {name}()") from None
     function.argtypes = argtypes
