@@ -39,8 +39,10 @@ def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     arm_many = TimerTable.arm_many
 
-    def recording(self: TimerTable, worker: Any, scopes: list[str], *args: Any) -> bool:
-        done = arm_many(self, worker, scopes, *args)
+    def recording(
+        self: TimerTable, worker: Any, scopes: list[str], *args: Any, **kwargs: Any
+    ) -> bool:
+        done = arm_many(self, worker, scopes, *args, **kwargs)
         if done:
             calls.append(len(scopes))
         return done

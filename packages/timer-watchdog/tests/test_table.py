@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from timer_api import TimerRequest
+from timer_watchdog import _table
 from timer_watchdog._table import COMPACT_SLACK, TimerTable, Worker
 
 
@@ -155,6 +156,18 @@ class TestRequests:
         [(deadline, _, popped)] = table.pop_expired(3.0)
         assert (deadline, popped) == (3.0, request)
         assert table.expired_by(3.0) == {7: [request]}
+
+    def test_the_shape_cache_starting_over_keeps_the_shape_of_the_timers_held(self, monkeypatch):
+        monkeypatch.setattr(_table, "_INTERN_LIMIT", 2)
+        table = TimerTable()
+        worker = table.add_worker(7, 100)
+        assert table.arm_many(worker, ["a"], [1.0], [1001.0], worker.shape(None, 100, None, False))
+        worker.shape(9, None, None, True)
+        worker.shape(15, None, None, True)  # the cache is full: it starts over
+        assert not table.arm_many(
+            worker, ["a"], [2.0], [1002.0], worker.shape(None, 100, None, False)
+        )
+        assert table.expired_by(float("inf")) == {7: [TimerRequest(7, "a", 1001.0, start_time=100)]}
 
     def test_the_table_keeps_no_reference_to_a_request(self):
         table = TimerTable()
@@ -359,6 +372,14 @@ class TestArmLike:
     def test_a_request_unlike_the_armed_head_is_refused(self):
         table, worker, head, rest = self._head_and_rest(0.0)
         rest[2].thread_id = 78
+        assert table.arm_like(worker, head, rest, offset=-990.0) is None
+        assert table.armed == 1
+
+    @pytest.mark.parametrize("count", [1, 5])
+    def test_a_request_without_the_heads_deadline_is_refused(self, count):
+        table, worker, head, rest = self._head_and_rest(0.0)
+        rest = rest[:count]
+        rest[-1].deadline = None
         assert table.arm_like(worker, head, rest, offset=-990.0) is None
         assert table.armed == 1
 

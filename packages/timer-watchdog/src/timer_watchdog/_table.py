@@ -163,6 +163,27 @@ def _rebuild_mixed(
     return out
 
 
+def _skews_within(
+    deadlines: list[float],
+    expirations: list[float],
+    bounds: tuple[float, float],
+    first: float,
+    low: float,
+    high: float,
+) -> bool:
+    """Tell whether each ``deadline - expiration`` pair lies within ``[low, high]``.
+
+    ``bounds`` are ``min(deadlines)`` and ``max(deadlines)``, ``first`` is
+    ``min(expirations)``. The differences lie between ``min(deadlines) -
+    max(expirations)`` and ``max(deadlines) - first`` (rounding is monotonic), so
+    when those two are within the limits no difference is computed one by one.
+    """
+    if low <= bounds[0] - max(expirations) and bounds[1] - first <= high:
+        return True
+    skews = list(map(sub, deadlines, expirations))
+    return low <= min(skews) and max(skews) <= high
+
+
 def _columns(
     head: TimerRequest, rest: list[TimerRequest]
 ) -> tuple[list[Any], list[Any], list[Any]] | None:
@@ -287,8 +308,7 @@ class Worker:
         shared = self._shapes.get(shape)
         if shared is None:
             if len(self._shapes) >= _INTERN_LIMIT:
-                self._shapes.clear()
-                self.last_shape = None
+                self._shapes.clear()  # ``last_shape`` stays: the slots that hold it do
             shared = self._shapes[shape] = shape
         return shared
 
@@ -503,14 +523,17 @@ class TimerTable:
         deadlines: list[float],
         expirations: list[float],
         shape: Shape,
+        *,
+        bounds: tuple[float, float] | None = None,
     ) -> bool:
         """Arm new timers ``scopes`` of ``worker`` at once, all of one ``shape``, as one run.
 
         Changes nothing and returns ``False`` unless every scope is distinct and
         ``worker`` holds none of them yet (armed or expired): the caller then arms
         them one by one. ``deadlines`` (monotonic, finite) and ``expirations``
-        match ``scopes`` item by item; ``shape`` comes from :meth:`Worker.shape`.
-        The timers get their heap keys later (see the module docstring).
+        match ``scopes`` item by item; ``shape`` comes from :meth:`Worker.shape`;
+        ``bounds``, if given, are ``min(deadlines)`` and ``max(deadlines)``. The
+        timers get their heap keys later (see the module docstring).
         """
         n = len(scopes)
         if not n:
@@ -538,7 +561,7 @@ class TimerTable:
         worker.deadlines.extend(deadlines)
         worker.expirations.extend(expirations)
         self._live += n
-        earliest, latest = min(deadlines), max(deadlines)
+        earliest, latest = bounds if bounds is not None else (min(deadlines), max(deadlines))
         if latest > self._latest:
             self._latest = latest
         self._runs.append((earliest, worker, start, start + n))
@@ -604,25 +627,34 @@ class TimerTable:
             and check_column("deadline", deadlines)
         ):
             return None
-        if min(expirations) < 0:  # a release among them
+        first = min(expirations)
+        if first < 0:  # a release among them
             return None
         if head.deadline is None:
             if deadlines.count(None) != len(deadlines):
                 return None
             deadlines = list(map(add, expirations, repeat(offset)))
-        elif None in deadlines:
+        try:  # a None among floats cannot be compared: no scan for it of its own
+            bounds = min(deadlines), max(deadlines)
+        except TypeError:
             return None
-        elif tolerance < math.inf:
-            skews = list(map(sub, deadlines, expirations))
-            if min(skews) < offset - tolerance or max(skews) > offset + tolerance:
-                return None
+        if bounds[0] is None:  # one request, without a deadline
+            return None
+        if (
+            head.deadline is not None
+            and tolerance < math.inf
+            and not _skews_within(
+                deadlines, expirations, bounds, first, offset - tolerance, offset + tolerance
+            )
+        ):
+            return None
         shape = worker.shape(
             head.signal,
             None if head.start_time is None else worker.start_time,
             None if head.thread_id is None else worker.thread_id(head.thread_id),
             head.deadline is not None,
         )
-        if not self.arm_many(worker, scopes, deadlines, expirations, shape):
+        if not self.arm_many(worker, scopes, deadlines, expirations, shape, bounds=bounds):
             return None
         return scopes, deadlines
 
