@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from timer_api import MAX_SCOPE_LENGTH, TimerRequest
 from timer_watchdog import Armed, Rejected, WatchdogPolicy, WatchdogServer
 from timer_watchdog._server import BULK_MIN
 from timer_watchdog._table import TimerTable
+
+from .conftest import Child
 
 N = BULK_MIN + 36
 
@@ -28,9 +33,18 @@ def _outcome(server: WatchdogServer, events: Any) -> tuple[Any, ...]:
         for pid, requests in server.get_expired_timers(math.inf).items()
     }
     armed = sorted(e.scope_id for e in events.of(Armed))
-    rejected = sorted((e.reason, e.scope_id) for e in events.of(Rejected))
+    rejected = sorted(((e.reason, e.scope_id) for e in events.of(Rejected)), key=repr)
     counts = (stats.received, stats.armed, stats.released, stats.rejected, stats.timers)
     return counts, held, armed, rejected
+
+
+@pytest.fixture(scope="module")
+def spawn_once() -> Iterator[Child]:
+    """One live child for every example of a hypothesis test (its timers are an hour ahead)."""
+    code = 'import time\nprint("ready", flush=True)\ntime.sleep(600)'
+    child = Child([sys.executable, "-c", code])
+    yield child
+    child.stop()
 
 
 @pytest.fixture
@@ -199,3 +213,54 @@ def test_a_batch_of_invalid_requests_alike_is_rejected_one_by_one(make_server, s
     assert whole == single
     assert whole[0] == (N, 0, 0, N, 0)
     assert bulk_calls == []
+
+
+ODD_KINDS = [
+    "bad signal",
+    "bool signal",
+    "int scope",
+    "long scope",
+    "nan expiration",
+    "str expiration",
+    "no deadline",
+    "infinite deadline",
+    "release",
+    "duplicate",
+    "other thread",
+    "wrong start time",
+    "not a request",
+]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    size=st.integers(BULK_MIN - 2, BULK_MIN + 20),
+    odd=st.lists(st.tuples(st.integers(0, BULK_MIN + 20), st.sampled_from(ODD_KINDS)), max_size=3),
+    held=st.lists(st.sampled_from(["s0", "s1", "s5", "s40", "s70", "odd"]), max_size=2),
+    released=st.booleans(),
+)
+def test_any_batch_has_the_outcome_of_its_requests_one_by_one(
+    make_server, spawn_once, size, odd, held, released
+):
+    child = spawn_once
+    batch = _batch(child, size)
+    for position, kind in odd:
+        batch.insert(position % (len(batch) + 1), _odd(child, kind))
+    # Timers the worker holds before the batch (some released again): the same requests
+    # on both servers.
+    before = [child.request(scope, after=60.0) for scope in held]
+    if released:
+        before += [child.request(scope, after=-1) for scope in held]
+    whole, single = make_server(start=False), make_server(start=False)
+    for h in (whole, single):
+        h.server.register_timers(before)
+    whole.server.register_timers(batch)
+    for request in batch:
+        single.server.register_timers([request])
+    assert _outcome(whole.server, whole.events) == _outcome(single.server, single.events)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -48,6 +49,28 @@ class TestReaping:
         wait_until_stats(h, lambda s: s.timers == 0 and s.workers == 0 and s.reaping == 0)
         stats = h.server.stats()
         assert (stats.armed, stats.expired, stats.signalled, stats.reaped) == (1, 1, 1, 1)
+
+    def test_a_worker_whose_pidfd_is_above_1023_is_watched_and_reaped(self, make_server, spawn):
+        # select() refuses a descriptor >= FD_SETSIZE (1024); a server that holds many
+        # files (or watches many workers) gets its pidfds above it.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"the hard limit on open files ({hard}) is below 1200")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+        held: list[int] = []
+        try:
+            while not held or held[-1] < 1100:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            h = make_server()
+            child = spawn()
+            h.put(child.request(after=0.2))
+            assert child.wait() == -signal.SIGKILL
+            h.events.wait_for(Reaped, child.pid)
+            assert h.server.stats().rejected == 0
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     def test_child_that_releases_in_time_is_untouched(self, make_server, spawn):
         h = make_server()

@@ -70,14 +70,28 @@ class ProcStatus(NamedTuple):
     sigcgt: int
 
 
+#: What ``select`` counts as readable.
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
 def is_protected(pid: int) -> bool:
     """Tell whether ``pid`` must never be signalled: pid <= 1, this process, or its group."""
     return pid <= 1 or pid == os.getpid() or pid == os.getpgrp()
 
 
 def _readable(fd: int) -> bool:
-    """Tell whether a pidfd polls readable, which means its whole thread group has exited."""
-    return bool(select.select((fd,), (), (), 0)[0])
+    """Tell whether a pidfd polls readable, which means its whole thread group has exited.
+
+    ``poll``, not ``select``: the latter refuses a descriptor above 1023, which a
+    server that holds many files (or watches many workers) gives its pidfds.
+    """
+    poller = select.poll()
+    poller.register(fd, _READABLE)
+    for _, events in poller.poll(0):
+        if events & select.POLLNVAL:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return bool(events & _READABLE)
+    return False
 
 
 def _open_pidfd(pid: int) -> int | None:
