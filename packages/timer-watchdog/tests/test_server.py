@@ -417,6 +417,25 @@ class TestRobustness:
         h.server.register_timers([child.request("b", after=60)])
         assert [e.scope_id for e in seen] == ["a"]
 
+    def test_a_request_that_meets_a_fault_loses_only_itself_not_its_batch(self, make_server, spawn):
+        poisoned, hung = spawn(), spawn()
+
+        class FaultyProcfs(Procfs):
+            """Fail, as no request should make it, on one worker's /proc status."""
+
+            def status(self, pid):
+                if pid == poisoned.pid:
+                    raise RuntimeError("a fault of the server's, not of the request")
+                return super().status(pid)
+
+        h = make_server(start=False, procfs=FaultyProcfs())
+        h.put(poisoned.request("p", after=0.1), hung.request("h", after=0.2))
+        h.server.start()  # both requests in one batch, the faulty one first
+        assert hung.wait() == -signal.SIGKILL
+        h.events.wait_for(Reaped, hung.pid)
+        assert poisoned.alive()
+        assert h.events.of(Armed, poisoned.pid) == []
+
 
 class TestAdmissionLimits:
     def test_timers_beyond_the_cap_are_rejected_and_none_evicted(self, make_server, spawn):

@@ -785,6 +785,35 @@ class WatchdogServer(TimerServer):
             with self._lock:
                 self._counts["loops"] += 1
 
+    def _register_batch(self, requests: list[TimerRequest]) -> None:
+        """Register a batch taken from the queue; if that fails, each request on its own.
+
+        An error no request should cause (a fault of this process, not a request
+        refused) then loses only the request that meets it, never the batch around
+        it; the others are registered again (an arm or release applied twice
+        changes nothing more).
+        """
+        if getattr(self._request_queue, "checked", False):
+            self._checked_batch = requests
+        try:
+            self.register_timers(requests)
+            return
+        except Exception:
+            if len(requests) == 1:
+                logger.exception("could not register %r; dropped", requests[0])
+                return
+            logger.exception(
+                "could not register a batch of %d requests; registering them one by one",
+                len(requests),
+            )
+        finally:
+            self._checked_batch = None
+        for request in requests:
+            try:
+                self.register_timers([request])
+            except Exception:
+                logger.exception("could not register %r; dropped", request)
+
     def _round(self) -> None:
         timeout = self._wait_timeout()
         try:
@@ -795,12 +824,7 @@ class WatchdogServer(TimerServer):
             requests = []
         self._busy_since = time.monotonic()
         if requests:
-            if getattr(self._request_queue, "checked", False):
-                self._checked_batch = requests
-            try:
-                self.register_timers(requests)
-            finally:
-                self._checked_batch = None
+            self._register_batch(requests)
         now = time.monotonic()
         self._expire(now)
         with self._lock:
