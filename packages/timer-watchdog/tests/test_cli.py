@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -159,6 +161,37 @@ class TestEventLog:
         for event in HUNG:
             sink(event)
         assert [decode_event(line) for line in events.getvalue().splitlines()] == HUNG
+
+    def test_notes_from_another_thread_never_write_inside_an_event(self):
+        class OneWriterAtATime(io.StringIO):
+            """Fail a write that starts while another thread's write is still going on."""
+
+            busy = False
+            overlaps = 0
+
+            def write(self, text: str) -> int:
+                if self.busy:
+                    self.overlaps += 1
+                self.busy = True
+                time.sleep(0.0005)  # a slow terminal: widens the window
+                self.busy = False
+                return super().write(text)
+
+        log = OneWriterAtATime()
+        sink = EventLog(log=log, verbose=True)
+
+        def server_thread() -> None:
+            for _ in range(100):
+                for event in HUNG:
+                    sink(event)
+
+        thread = threading.Thread(target=server_thread)
+        thread.start()
+        for _ in range(200):
+            sink.note("a line of the command's own")
+        thread.join()
+        assert log.overlaps == 0
+        assert log.getvalue().count("a line of the command's own") == 200
 
     def test_log_skips_arms_unless_verbose(self):
         quiet, loud = io.StringIO(), io.StringIO()

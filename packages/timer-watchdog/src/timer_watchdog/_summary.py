@@ -122,10 +122,14 @@ class EventLog:
                 self._events.flush()
             if not self._verbose and isinstance(event, _QUIET):
                 return
-            self.write(line.decode().rstrip("\n") if self._as_json else _PREFIX + describe(event))
+            self._write(line.decode().rstrip("\n") if self._as_json else _PREFIX + describe(event))
 
     def write(self, text: str) -> None:
-        """Write ``text`` and a newline to the log."""
+        """Write ``text`` and a newline to the log (never inside a line of the server's thread)."""
+        with self._lock:
+            self._write(text)
+
+    def _write(self, text: str) -> None:
         self._log.write(text + "\n")
         self._log.flush()
 
