@@ -24,11 +24,11 @@ from timer_watchdog._metrics import (
     Histogram,
     Metrics,
     MetricsError,
-    MetricsHTTP,
     escape_label,
     format_value,
     parse_address,
 )
+from timer_watchdog._metrics_http import MetricsHTTP
 
 PATIENCE = 60.0
 

@@ -2,20 +2,19 @@
 
 :class:`Metrics` subscribes to a :class:`~timer_watchdog.WatchdogServer` and renders
 the Prometheus text exposition format (version 0.0.4) itself; ``prometheus_client``
-is never imported (docs/operations.md says why). :class:`MetricsHTTP` serves it at
+is never imported (docs/operations.md says why). :class:`MetricsHTTP`
+(``_metrics_http.py``, imported only when an address is given) serves it at
 ``/metrics``, with ``/healthz`` beside it, and :class:`MetricsFile` writes it for
 node_exporter's textfile collector, replaced atomically.
 """
 
 from __future__ import annotations
 
-import http.server
 import logging
 import math
-import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from timer_api import RejectReason, signal_name
 
@@ -23,6 +22,9 @@ from .__about__ import __version__
 from ._events import Event, Reaped, Rejected, Signalled
 from ._files import write_atomically
 from ._server import WatchdogServer
+
+if TYPE_CHECKING:
+    from ._metrics_http import MetricsHTTP
 
 __all__ = [
     "CONTENT_TYPE",
@@ -34,7 +36,6 @@ __all__ = [
     "Metrics",
     "MetricsError",
     "MetricsFile",
-    "MetricsHTTP",
     "escape_label",
     "format_value",
     "loop_alive",
@@ -293,80 +294,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], metrics: Metrics) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.metrics = metrics
-        super().__init__(address, _Handler)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _HTTPServer
-    server_version = f"timer-watchdog/{__version__}"
-
-    def do_GET(self) -> None:
-        self._answer(body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
-
-    def _answer(self, *, body: bool) -> None:
-        path = self.path.partition("?")[0]
-        metrics = self.server.metrics
-        if path == "/metrics":
-            status, content_type, text = 200, CONTENT_TYPE, metrics.render()
-        elif path == "/healthz":
-            health = metrics.health()
-            status = 200 if health.alive else 503
-            content_type, text = "text/plain; charset=utf-8", health.text + "\n"
-        else:
-            status, content_type, text = 404, "text/plain; charset=utf-8", "not found\n"
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("metrics: " + format, *args)
-
-
-class MetricsHTTP:
-    """Serve ``/metrics`` and ``/healthz`` from a thread, on ``address`` (``port`` 0: any free)."""
-
-    def __init__(self, metrics: Metrics, address: tuple[str, int]) -> None:
-        self._httpd = _HTTPServer(address, metrics)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="timer-watchdog-metrics",
-            daemon=True,
-        )
-
-    @property
-    def url(self) -> str:
-        """The URL of the metrics page, with the port actually bound."""
-        host, port = self._httpd.server_address[:2]
-        assert isinstance(host, str)
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
-
-    def start(self) -> None:
-        """Answer requests from now on."""
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop answering and close the socket."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join()
-        self._httpd.server_close()
-
-
 # -- export to a file -------------------------------------------------------------------
 
 
@@ -446,6 +373,8 @@ class Exporter:
         self.metrics = Metrics(server, stall_after=stall_after)
         try:
             if address is not None:
+                from ._metrics_http import MetricsHTTP  # http.server: only when serving
+
                 try:
                     self.http = MetricsHTTP(self.metrics, address)
                 except OSError as exc:
