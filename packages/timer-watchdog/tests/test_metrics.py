@@ -275,3 +275,14 @@ def test_the_commands_never_import_prometheus_client():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_imports_http_server_only_to_serve_metrics():
+    code = (
+        "import sys\n"
+        "import timer_watchdog._cli, timer_watchdog._session\n"
+        "assert 'http.server' not in sys.modules, 'imported without --metrics'\n"
+        "import timer_watchdog._metrics_http\n"
+        "assert 'http.server' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=PATIENCE)
