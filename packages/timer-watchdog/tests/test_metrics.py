@@ -17,13 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from timer_api import InvalidRequestError, RejectReason, TimerRequest
 from timer_watchdog import Armed, Reaped
+from timer_watchdog._export import Exporter, MetricsError
 from timer_watchdog._files import write_atomically
 from timer_watchdog._metrics import (
     CONTENT_TYPE,
-    Exporter,
     Histogram,
     Metrics,
-    MetricsError,
     escape_label,
     format_value,
     parse_address,

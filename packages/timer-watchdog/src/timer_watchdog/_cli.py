@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .__about__ import __version__
-from ._metrics import MetricsError, parse_address
+from ._export import MetricsError
+from ._metrics import parse_address
 from ._options import (
     PROG,
     USAGE_ERROR,

@@ -2,10 +2,10 @@
 
 :class:`Metrics` subscribes to a :class:`~timer_watchdog.WatchdogServer` and renders
 the Prometheus text exposition format (version 0.0.4) itself; ``prometheus_client``
-is never imported (docs/operations.md says why). :class:`MetricsHTTP`
-(``_metrics_http.py``, imported only when an address is given) serves it at
-``/metrics``, with ``/healthz`` beside it, and :class:`MetricsFile` writes it for
-node_exporter's textfile collector, replaced atomically.
+is never imported (docs/operations.md says why). :class:`MetricsFile` writes it for
+node_exporter's textfile collector, replaced atomically; ``MetricsHTTP``
+(``_metrics_http.py``) serves it at ``/metrics``, with ``/healthz`` beside it, and
+``Exporter`` (``_export.py``) sets up either as the command's options say.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from timer_api import RejectReason, signal_name
 
@@ -23,18 +23,13 @@ from ._events import Event, Reaped, Rejected, Signalled
 from ._files import write_atomically
 from ._server import WatchdogServer
 
-if TYPE_CHECKING:
-    from ._metrics_http import MetricsHTTP
-
 __all__ = [
     "CONTENT_TYPE",
     "LATENESS_BUCKETS",
     "STALL_AFTER",
-    "Exporter",
     "Health",
     "Histogram",
     "Metrics",
-    "MetricsError",
     "MetricsFile",
     "escape_label",
     "format_value",
@@ -344,71 +339,3 @@ class MetricsFile:
 
 
 # -- what the commands use ----------------------------------------------------------------
-
-
-class MetricsError(Exception):
-    """Raise when the metrics cannot be served or written where the options say."""
-
-
-class Exporter:
-    """Export a server's metrics over HTTP (``address``), to a file (``path``), both or neither.
-
-    Create it before the server starts; it binds the port and writes the file at
-    once, raising :class:`MetricsError` if either fails.
-    """
-
-    def __init__(
-        self,
-        server: WatchdogServer,
-        *,
-        address: tuple[str, int] | None = None,
-        path: str | None = None,
-        stall_after: float = STALL_AFTER,
-    ) -> None:
-        self.metrics: Metrics | None = None
-        self.http: MetricsHTTP | None = None
-        self.file: MetricsFile | None = None
-        if address is None and path is None:
-            return
-        self.metrics = Metrics(server, stall_after=stall_after)
-        try:
-            if address is not None:
-                from ._metrics_http import MetricsHTTP  # http.server: only when serving
-
-                try:
-                    self.http = MetricsHTTP(self.metrics, address)
-                except OSError as exc:
-                    host, port = address
-                    raise MetricsError(
-                        f"cannot serve --metrics {host}:{port}: {exc.strerror or exc}"
-                    ) from None
-            if path is not None:
-                file = MetricsFile(self.metrics, path)
-                try:
-                    file.write()
-                except OSError as exc:
-                    raise MetricsError(
-                        f"cannot write --metrics-file {path}: {exc.strerror or exc}"
-                    ) from None
-                self.file = file
-        except MetricsError:
-            self.close()
-            raise
-
-    def start(self, note: Callable[[str], None]) -> None:
-        """Start serving and writing; ``note`` is told where the metrics are."""
-        if self.http is not None:
-            self.http.start()
-            note(f"metrics at {self.http.url}")
-        if self.file is not None:
-            self.file.start()
-            note(f"metrics written to {self.file.path} every {FILE_INTERVAL:g}s")
-
-    def close(self) -> None:
-        """Stop serving, write the file a last time, stop collecting."""
-        if self.http is not None:
-            self.http.close()
-        if self.file is not None:
-            self.file.close()
-        if self.metrics is not None:
-            self.metrics.close()

@@ -21,8 +21,9 @@ from types import TracebackType
 import msgspec
 
 from ._events import WatchdogStats
+from ._export import Exporter
 from ._jobreport import JobReporter
-from ._metrics import STALL_AFTER, Exporter
+from ._metrics import STALL_AFTER
 from ._options import CommandError, Options
 from ._policy import WatchdogPolicy
 from ._server import WatchdogServer
