@@ -180,7 +180,7 @@ def _skews_within(
     """
     if low <= bounds[0] - max(expirations) and bounds[1] - first <= high:
         return True
-    skews = list(map(sub, deadlines, expirations))
+    skews: list[float] = list(map(sub, deadlines, expirations))
     return low <= min(skews) and max(skews) <= high
 
 
