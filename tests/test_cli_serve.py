@@ -145,3 +145,68 @@ class TestServe:
         assert "reaped" in [line.get("event") for line in lines]
         assert lines[-1]["stopped"] == "stopped by SIGTERM"
         assert lines[-1]["stats"]["reaped"] == 1
+
+
+#: Arms "finishes", then on a line from stdin writes other requests and releases it.
+BACKLOG_WORKER = """
+    import sys, time
+    from timer_file import FileTimerClient
+
+    client = FileTimerClient(sys.argv[1])
+    expiration = time.time() + float(sys.argv[2])
+    client.acquire("finishes", expiration)
+    print(expiration, flush=True)
+    sys.stdin.readline()
+    for i in range(300):  # requests ahead of the release in the pipe
+        client.acquire(f"filler{i % 10}", time.time() + 600)
+        client.release(f"filler{i % 10}")
+    client.release("finishes")
+    print(time.time(), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _fate(events: Path, scope: str) -> list[str]:
+    """Return the kinds of the events about ``scope`` after its arming, in order."""
+    kinds = []
+    for event in map(decode_event, events.read_bytes().splitlines()):
+        if getattr(event, "scope_id", None) == scope and event.event != "armed":
+            kinds.append(event.event)
+    return kinds
+
+
+@pytest.mark.slow
+def test_a_release_written_before_the_deadline_saves_a_worker_the_server_reads_late(
+    tmp_path, server
+):
+    # The server is stopped while the worker writes other requests, then its release,
+    # all before the deadline; it resumes after the deadline. It must take in the
+    # release before judging the timer, not after the first batch it reads.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(BACKLOG_WORKER), str(server.pipe), "3"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    try:
+        expiration = float(worker.stdout.readline())
+        server.wait_for_event("armed")
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            released = float(worker.stdout.readline())
+            assert released < expiration, "the worker released after its deadline"
+            time.sleep(max(0.0, expiration - time.time()) + 1.0)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        end = time.monotonic() + BOUND
+        while not _fate(server.events, "finishes") and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _fate(server.events, "finishes") == ["released"]
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        worker.communicate()

@@ -785,6 +785,29 @@ class WatchdogServer(TimerServer):
             with self._lock:
                 self._counts["loops"] += 1
 
+    def _any_due(self, now: float) -> bool:
+        """Tell whether some armed timer's deadline is at or before ``now``."""
+        with self._lock:
+            deadline = self._table.next_deadline()
+        return deadline is not None and deadline <= now
+
+    def _take_in_waiting(self) -> None:
+        """Register the requests waiting in the queue now, before any timer is judged expired.
+
+        A batch is what the queue hands over, not all that waits: after a pause of
+        the server (stopped, starved of CPU, a flood of requests) a worker's release,
+        written before its deadline, may still wait behind others, and judging its
+        timer first would kill a worker that finished in time. Bounded by what the
+        queue counts at the start (:meth:`RequestQueue.size`), so that a writer who
+        never stops cannot hold the expiries off.
+        """
+        left = self._request_queue.size()
+        while left > 0:
+            requests = self._take_batch(0.0)
+            left -= max(1, len(requests))
+            if requests:
+                self._register_batch(requests)
+
     def _register_batch(self, requests: list[TimerRequest]) -> None:
         """Register a batch taken from the queue; if that fails, each request on its own.
 
@@ -826,6 +849,8 @@ class WatchdogServer(TimerServer):
         if requests:
             self._register_batch(requests)
         now = time.monotonic()
+        if self._any_due(now):
+            self._take_in_waiting()
         self._expire(now)
         with self._lock:
             due = [pid for pid, reap in self._reaps.items() if reap.due <= now]
