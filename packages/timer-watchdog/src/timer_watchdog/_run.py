@@ -19,6 +19,7 @@ import msgspec
 
 from timer_api import STACK_SIGNAL_ENV, STACKS_DIR_ENV
 
+from ._fdlimit import raise_open_files_limit
 from ._job import Job, become_subreaper
 from ._options import CommandError, Options
 from ._policy import WatchdogPolicy
@@ -172,6 +173,7 @@ def _supervise(
                 raise CommandError(f"{command[0]}: command not found", NOT_FOUND) from None
             except PermissionError:
                 raise CommandError(f"{command[0]}: permission denied", NOT_EXECUTABLE) from None
+            raise_open_files_limit()  # one pidfd per worker; the job keeps its own limit
             if watch is not None:
                 watch.start(functools.partial(_stop_stalled, options.log, server, job.pid))
             job.wait()

@@ -8,6 +8,7 @@ from types import FrameType
 
 from timer_api import signal_name
 
+from ._fdlimit import raise_open_files_limit
 from ._handlers import handling
 from ._options import Options
 from ._sdnotify import Notifier, Supervisor
@@ -31,6 +32,7 @@ CHECK_INTERVAL = 1.0
 def serve(options: Options) -> int:
     """Serve ``options.args.path`` until a stop signal or a broken endpoint; return the status."""
     args = options.args
+    raise_open_files_limit()  # one pidfd per worker
     stop = Wakeup()  # set by a signal handler: never a lock (see _wakeup)
     received: list[int] = []
     problem: str | None = None
