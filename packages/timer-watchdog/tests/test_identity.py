@@ -7,13 +7,17 @@ next fork reuse a chosen pid without disturbing the rest of the machine.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,10 +25,13 @@ from timer_api import LineDecoder, TimerRequest, process_start_time
 from timer_watchdog import (
     Armed,
     ClockSkew,
+    Exited,
     Expired,
     Reaped,
+    Rejected,
     Signalled,
 )
+from timer_watchdog._server import SWEEP_INTERVAL
 
 PATIENCE = 60.0
 
@@ -342,6 +349,24 @@ class TestOwnProcess:
         assert h.server.stats().rejected == 1
 
 
+@contextlib.contextmanager
+def no_file_descriptor_left() -> Iterator[None]:
+    """Leave this process no file descriptor to open for the block (a lowered soft limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(map(int, os.listdir("/proc/self/fd")))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    held: list[int] = []
+    try:
+        with contextlib.suppress(OSError):
+            while len(held) < 4096:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class TestWithoutPidfd:
     def test_hung_worker_is_still_reaped_and_the_fallback_is_logged(
         self, make_server, spawn, monkeypatch, caplog
@@ -356,3 +381,39 @@ class TestWithoutPidfd:
         assert child.wait() == -signal.SIGKILL
         h.events.wait_for(Reaped, child.pid)
         assert "identifying workers by /proc start time" in caplog.text
+
+    def test_a_worker_is_not_forgotten_while_proc_cannot_be_read(
+        self, make_server, spawn, monkeypatch, caplog
+    ):
+        import timer_watchdog._process as process
+
+        monkeypatch.setattr(process, "_pidfd_open", None)
+        monkeypatch.setattr(process, "_warned_unreadable", set(), raising=False)
+        h = make_server()
+        child = spawn()
+        h.put(child.request(after=3.0))
+        h.events.wait_for(Armed, child.pid)
+        with no_file_descriptor_left():
+            time.sleep(2.5 * SWEEP_INTERVAL)  # the loop sweeps the workers meanwhile
+        assert child.wait() == -signal.SIGKILL
+        h.events.wait_for(Reaped, child.pid)
+        assert h.events.of(Exited) == []
+        assert "the worker is taken to be alive" in caplog.text
+
+    def test_a_request_is_not_refused_as_from_a_gone_process_when_proc_cannot_be_read(
+        self, make_server, spawn, monkeypatch
+    ):
+        import timer_watchdog._process as process
+
+        monkeypatch.setattr(process, "_warned_no_pidfd", set())
+        h = make_server(start=False)
+        child = spawn()
+        with (
+            no_file_descriptor_left(),
+            pytest.raises(OSError, match="Too many open files") as raised,
+        ):
+            h.server.register_timers([child.request(after=60.0)])
+        assert raised.value.errno == errno.EMFILE
+        assert h.events.of(Rejected) == []
+        h.server.register_timers([child.request(after=60.0)])  # /proc is readable again
+        assert h.server.stats().timers == 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from typing import NamedTuple
 
 __all__ = ["ProcessStat", "process_start_time", "process_stat"]
+
+#: The errors reading a process's /proc files gives once the process is gone.
+_GONE = (errno.ENOENT, errno.ESRCH)
 
 
 class ProcessStat(NamedTuple):
@@ -20,15 +24,19 @@ class ProcessStat(NamedTuple):
     pgid: int
 
 
-def process_stat(pid: int) -> ProcessStat | None:
+def process_stat(pid: int, *, strict: bool = False) -> ProcessStat | None:
     """Return the state, start time, parent and group of process ``pid``, or ``None`` if gone.
 
-    Read from ``/proc/<pid>/stat``, the one place the packages read it.
+    Read from ``/proc/<pid>/stat``, the one place the packages read it. ``strict``:
+    an error that does not mean the process is gone (no file descriptor left, say)
+    is raised instead of being taken for a gone process.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
-    except OSError:
+    except OSError as exc:
+        if strict and exc.errno not in _GONE:
+            raise
         return None
     # The command name (field 2) is in parentheses and may itself contain ") ".
     fields = data[data.rfind(b")") + 2 :].split()

@@ -45,6 +45,10 @@ _pidfd_send_signal = getattr(signal, "pidfd_send_signal", None)
 logger = logging.getLogger("timer_watchdog")
 #: Why a pidfd could not be opened, once logged.
 _warned_no_pidfd: set[int] = set()
+#: Why /proc could not be read for a worker taken to be alive, once logged.
+_warned_unreadable: set[int | None] = set()
+#: The errors reading a process's /proc files gives once the process is gone.
+_GONE = (errno.ENOENT, errno.ESRCH)
 
 
 class ProcessGone(Exception):  # noqa: N818 - a state, not an error
@@ -111,6 +115,17 @@ def _open_pidfd(pid: int) -> int | None:
     return fd
 
 
+def _warn_unreadable(pid: int, exc: OSError) -> None:
+    """Say, once per cause, that a worker is kept because /proc could not be read."""
+    if exc.errno not in _warned_unreadable:
+        _warned_unreadable.add(exc.errno)
+        logger.warning(
+            "cannot read /proc/%d (%s): the worker is taken to be alive until it can be",
+            pid,
+            exc.strerror or exc,
+        )
+
+
 def _warn_no_pidfd(code: int) -> None:
     """Say once per cause that workers are identified by /proc alone."""
     if code not in _warned_no_pidfd:
@@ -130,8 +145,13 @@ class Procfs:
     """
 
     def stat(self, pid: int) -> tuple[str, int] | None:
-        """Return ``(state, start_time)`` of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if gone."""
-        stat = process_stat(pid)
+        """Return ``(state, start_time)`` of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if gone.
+
+        Like every read here, it raises ``OSError`` when /proc cannot be read for
+        another reason than the process being gone (no file descriptor left, say):
+        not knowing is never taken for an exited process.
+        """
+        stat = process_stat(pid, strict=True)
         return None if stat is None else (stat.state, stat.start_time)
 
     def status(self, pid: int) -> ProcStatus | None:
@@ -139,7 +159,9 @@ class Procfs:
         try:
             with open(f"/proc/{pid}/status", "rb") as file:
                 data = file.read()
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
             return None
         state, sigcgt = "?", 0
         uids: tuple[int, ...] = ()
@@ -160,13 +182,17 @@ class Procfs:
 
         With a pidfd, dead means the pidfd polls readable (every thread has exited);
         the letter is then only informative (``Z`` for a main thread that exited
-        while other threads run). Without one, dead means its pid is gone or names
-        another process, or it is a zombie with no live thread left.
+        while other threads run, ``?`` when /proc cannot be read). Without one, dead
+        means its pid is gone or names another process, or it is a zombie with no
+        live thread left; ``OSError`` when /proc cannot be read.
         """
         if pidfd is not None:
             if _readable(pidfd):
                 return None
-            stat = self.stat(pid)
+            try:
+                stat = self.stat(pid)
+            except OSError:
+                return "?"
             return "?" if stat is None else stat[0]
         stat = self.stat(pid)
         if stat is None or stat[1] != start_time:
@@ -179,12 +205,14 @@ class Procfs:
         """Return how many threads of ``pid`` exist (an exited main thread included), 0 if gone."""
         try:
             return len(os.listdir(f"/proc/{pid}/task"))
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
             return 0
 
     def parent(self, pid: int) -> int | None:
         """Return the parent pid of ``pid`` from ``/proc/<pid>/stat``, or ``None`` if it is gone."""
-        stat = process_stat(pid)
+        stat = process_stat(pid, strict=True)
         return None if stat is None else stat.ppid
 
     def descends_from(self, pid: int, root: int) -> bool:
@@ -208,8 +236,14 @@ class Procfs:
         return status.uids[0] in mine or (len(status.uids) > 2 and status.uids[2] in mine)
 
     def catches(self, pid: int, signum: int) -> bool:
-        """Tell whether ``pid`` has a handler for ``signum`` (SigCgt), so the signal will not kill it."""
-        status = self.status(pid)
+        """Tell whether ``pid`` has a handler for ``signum`` (SigCgt), so the signal will not kill it.
+
+        ``False`` when /proc cannot be read: nothing is then waited for from the worker.
+        """
+        try:
+            status = self.status(pid)
+        except OSError:
+            return False
         return status is not None and bool(status.sigcgt >> (signum - 1) & 1)
 
 
@@ -265,10 +299,18 @@ class Target:
             raise ProcessGone(f"pid {self.pid} exited") from None
 
     def alive(self) -> bool:
-        """Tell whether the worker still runs (a pidfd poll; /proc only without a pidfd)."""
+        """Tell whether the worker still runs (a pidfd poll; /proc only without a pidfd).
+
+        ``True`` when /proc cannot be read (see :meth:`Procfs.stat`): a worker is
+        forgotten only once it is known to be gone.
+        """
         if self.pidfd is not None:
             return not _readable(self.pidfd)
-        return self._procfs.liveness(self.pid, self.start_time) is not None
+        try:
+            return self._procfs.liveness(self.pid, self.start_time) is not None
+        except OSError as exc:
+            _warn_unreadable(self.pid, exc)
+            return True
 
     def state(self) -> str | None:
         """Return the worker's /proc state letter, or ``None`` once it is dead."""

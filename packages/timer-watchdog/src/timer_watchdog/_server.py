@@ -38,7 +38,7 @@ from ._process import PidReused, ProcessGone, Procfs, Target, is_protected
 from ._reaper import Reap, Reaper
 from ._table import Entry, TimerTable, Worker
 
-__all__ = ["BULK_MIN", "CLOCK_TOLERANCE", "SWEEP_INTERVAL", "WatchdogServer"]
+__all__ = ["BULK_MIN", "CLOCK_TOLERANCE", "REAP_RETRY", "SWEEP_INTERVAL", "WatchdogServer"]
 
 logger = logging.getLogger("timer_watchdog")
 
@@ -47,6 +47,8 @@ SWEEP_INTERVAL = 1.0
 #: Largest disagreement, in seconds, between a request's monotonic ``deadline`` and
 #: the one its wall-clock ``expiration_time`` gives, before the latter is used.
 CLOCK_TOLERANCE = 1.0
+#: Seconds before a reap step that failed (an error, not the worker) is tried again.
+REAP_RETRY = 0.1
 #: Requests in one ``register_timers`` call from which arming them at once is tried.
 BULK_MIN = 64
 
@@ -639,7 +641,11 @@ class WatchdogServer(TimerServer):
             # A signal and its count are one step too: whoever sees the worker die
             # sees the ``signalled`` counter (and event) that sent it.
             with self._report_lock:
-                done = self._reaper.step(reap, now)
+                try:
+                    done = self._reaper.step(reap, now)
+                except Exception:
+                    reap.due = now + REAP_RETRY  # not again in every round meanwhile
+                    raise
             if done:
                 with self._lock:
                     if self._reaps.get(worker_id) is reap:
@@ -831,11 +837,18 @@ class WatchdogServer(TimerServer):
             )
         finally:
             self._checked_batch = None
+        failed = 0
         for request in requests:
             try:
                 self.register_timers([request])
             except Exception:
-                logger.exception("could not register %r; dropped", request)
+                if not failed:
+                    logger.exception("could not register %r; dropped", request)
+                failed += 1
+        if failed > 1:
+            logger.error(
+                "%d more requests of the batch could not be registered; dropped", failed - 1
+            )
 
     def _round(self) -> None:
         timeout = self._wait_timeout()
