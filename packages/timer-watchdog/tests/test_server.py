@@ -437,6 +437,49 @@ class TestRobustness:
         assert h.events.of(Armed, poisoned.pid) == []
 
 
+class TestLateRequests:
+    """Requests a worker sent before it exited, read after: dropped, never rejected."""
+
+    @pytest.mark.parametrize("pinned", [True, False])
+    def test_arms_of_an_exited_worker_are_late_not_rejected(self, make_server, spawn, pinned):
+        h = make_server(start=False)
+        child = spawn()
+        h.server.register_timers([child.request("a", after=60.0)])
+        late = [
+            child.request("b", after=60.0, start_time=pinned),
+            child.request("b", after=-1),
+            child.request("c", after=60.0, start_time=pinned),
+        ]
+        child.proc.kill()
+        child.wait()
+        h.server.register_timers(late)  # read after the worker exited
+        stats = h.server.stats()
+        assert (stats.rejected, stats.late, stats.armed, stats.timers) == (0, 2, 1, 0)
+        assert h.events.of(Rejected) == []
+        assert [e.detail for e in h.events.of(Exited)] == ["exited; a new request names its pid"]
+
+    def test_a_request_of_a_pid_never_seen_is_still_rejected(self, make_server, spawn):
+        h = make_server(start=False)
+        child = spawn()
+        request = child.request("a", after=60.0, start_time=False)
+        child.proc.kill()
+        child.wait()
+        h.server.register_timers([request])
+        assert [e.reason for e in h.events.of(Rejected)] == [RejectReason.NO_SUCH_PROCESS]
+        assert h.server.stats().late == 0
+
+    def test_late_requests_of_a_reaped_worker_are_dropped(self, make_server, spawn):
+        h = make_server()
+        child = spawn()
+        h.put(child.request("hung", after=0.1))
+        assert child.wait() == -signal.SIGKILL
+        h.events.wait_for(Reaped, child.pid)
+        wait_until_stats(h, lambda s: s.workers == 0)
+        h.put(child.request("sent before the kill", after=60.0))
+        wait_until_stats(h, lambda s: s.late == 1)
+        assert h.events.of(Rejected) == []
+
+
 class TestAdmissionLimits:
     def test_timers_beyond_the_cap_are_rejected_and_none_evicted(self, make_server, spawn):
         h = make_server(start=False, policy=WatchdogPolicy(max_timers_per_worker=3))

@@ -267,6 +267,8 @@ class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
         exited: workers found gone while holding timers.
         clock_skew: requests whose monotonic deadline was replaced by the wall-clock one
             (see the ``clock_skew`` events).
+        late: arm requests that arrived after their worker had exited (or was reaped):
+            sent while it lived, dropped without a rejection, as nothing is left to watch.
         loops: engine loop rounds completed.
         timers: timers held now (armed, or expired and being reaped).
         workers: workers known now.
@@ -283,6 +285,7 @@ class WatchdogStats(msgspec.Struct, frozen=True, kw_only=True):
     unkillable: int = 0
     exited: int = 0
     clock_skew: int = 0
+    late: int = 0
     loops: int = 0
     timers: int = 0
     workers: int = 0

@@ -257,6 +257,11 @@ class Metrics:
             "counter",
             "Requests whose monotonic deadline disagreed with their wall-clock expiration.",
         ).sample(stats.clock_skew)
+        family(
+            "late_requests_total",
+            "counter",
+            "Arm requests that arrived after their worker had exited; dropped, not rejected.",
+        ).sample(stats.late)
         family("loop_iterations_total", "counter", "Completed rounds of the engine loop.").sample(
             stats.loops
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -38,7 +39,14 @@ from ._process import PidReused, ProcessGone, Procfs, Target, is_protected
 from ._reaper import Reap, Reaper
 from ._table import Entry, TimerTable, Worker
 
-__all__ = ["BULK_MIN", "CLOCK_TOLERANCE", "REAP_RETRY", "SWEEP_INTERVAL", "WatchdogServer"]
+__all__ = [
+    "BULK_MIN",
+    "CLOCK_TOLERANCE",
+    "GONE_KEPT",
+    "REAP_RETRY",
+    "SWEEP_INTERVAL",
+    "WatchdogServer",
+]
 
 logger = logging.getLogger("timer_watchdog")
 
@@ -64,8 +72,15 @@ _COUNTERS = (
     "unkillable",
     "exited",
     "clock_skew",
+    "late",
     "loops",
 )
+#: Identities of forgotten workers remembered, to know their late requests.
+GONE_KEPT = 4096
+
+
+class _Late(Exception):  # noqa: N818 - a state, not an error
+    """A request its process sent before it exited: nothing left to watch, nothing wrong."""
 
 
 class _Batch:
@@ -76,6 +91,7 @@ class _Batch:
         "events",
         "forgotten",
         "last_seen",
+        "late",
         "mono",
         "offset",
         "released",
@@ -91,7 +107,7 @@ class _Batch:
         #: ``time.monotonic()`` when the batch started, and monotonic minus wall clock.
         self.mono = 0.0
         self.offset = 0.0
-        self.armed = self.released = self.skewed = 0
+        self.armed = self.released = self.skewed = self.late = 0
         #: Known workers whose pidfd was checked in this batch (and the last one).
         self.seen: set[int] = set()
         self.last_seen = 0
@@ -198,6 +214,9 @@ class WatchdogServer(TimerServer):
         self._handles: dict[int, Target] = {}
         #: Handles of forgotten workers, closed as soon as no reap step can use them.
         self._closing: list[Target] = []
+        #: Start time of the last forgotten worker of each pid (the latest GONE_KEPT):
+        #: a request that names one came late, from a process that exited since.
+        self._gone: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._subscribers: tuple[Callable[[Event], None], ...] = ()
         self._counts = dict.fromkeys(_COUNTERS, 0)
         #: Rejection reasons already logged at warning level.
@@ -321,6 +340,8 @@ class WatchdogServer(TimerServer):
                             self._arm_one(batch, request)
                     except InvalidRequestError as error:
                         rejected.append((error, request))
+                    except _Late:
+                        batch.late += 1
                 self._count(batch, received, len(rejected))
             if rejected:
                 self._deliver([self._refusal(error, request) for error, request in rejected])
@@ -351,6 +372,8 @@ class WatchdogServer(TimerServer):
         if worker is not None and pid != batch.last_seen and pid not in batch.seen:
             worker = self._still_alive(batch, worker)
         if worker is None or (start_time is not None and start_time != worker.start_time):
+            if start_time is not None and self._gone.get(pid) == start_time:
+                raise _Late  # from a process that has exited since (or was reaped)
             batch.forgotten = batch.forgotten or worker is not None
             worker = self._admit(request, worker, batch.events)
             batch.seen.add(pid)
@@ -402,6 +425,7 @@ class WatchdogServer(TimerServer):
         counts["armed"] += batch.armed
         counts["released"] += batch.released
         counts["clock_skew"] += batch.skewed
+        counts["late"] += batch.late
         counts["rejected"] += rejected
         if batch.forgotten:
             counts["exited"] += sum(1 for event in batch.events if isinstance(event, Exited))
@@ -488,6 +512,8 @@ class WatchdogServer(TimerServer):
                     f"pid {pid} names a process that did not start at {claimed}",
                 ) from None
             except ProcessGone:
+                if claimed is None and pid in self._gone:
+                    raise _Late from None  # most likely sent by the worker that was there
                 raise InvalidRequestError(
                     RejectReason.NO_SUCH_PROCESS, f"pid {pid} does not exist"
                 ) from None
@@ -555,6 +581,12 @@ class WatchdogServer(TimerServer):
         :meth:`_close_handles`, once no reap step can be using it.
         """
         worker = self._table.drop_worker(pid)
+        if worker is not None:
+            gone = self._gone
+            gone[pid] = worker.start_time
+            gone.move_to_end(pid)
+            if len(gone) > GONE_KEPT:
+                gone.popitem(last=False)
         self._reaps.pop(pid, None)
         handle = self._handles.pop(pid, None)
         if handle is not None:
