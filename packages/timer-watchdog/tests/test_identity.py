@@ -62,7 +62,10 @@ import collections, json, os, signal, sys, threading, time
 from timer_api import RequestQueue, TimerRequest, process_stat
 from timer_watchdog import Exited, Reaped, Signalled, WatchdogServer
 
-MODE = sys.argv[1]  # "same_tick": new takes old's pid and start time; "no_start_time"
+# "same_tick": new takes old's pid and start time; "same_tick_arms": and then arms a
+# timer of its own, with that start time; "no_start_time": torch's client.
+MODE = sys.argv[1]
+SAME_TICK = MODE in ("same_tick", "same_tick_arms")
 
 
 class Feed(RequestQueue):
@@ -109,7 +112,7 @@ server.subscribe(events.append)
 for attempt in range(500):
     old = fork_sleeper()
     old_start = process_stat(old)[1]
-    if MODE == "same_tick":
+    if SAME_TICK:
         # The old worker's timer, armed while it lives (the server pins it then).
         server.register_timers(
             [TimerRequest(old, "old", time.time() + 0.5, start_time=old_start)]
@@ -122,7 +125,7 @@ for attempt in range(500):
     os.waitpid(old, 0)
     reuse_next(old)
     new = fork_sleeper()
-    if new == old and (process_stat(new)[1] == old_start) == (MODE == "same_tick"):
+    if new == old and (process_stat(new)[1] == old_start) == SAME_TICK:
         break
     os.kill(new, signal.SIGKILL)
     os.waitpid(new, 0)
@@ -138,6 +141,11 @@ end = time.monotonic() + 20
 while time.monotonic() < end:
     if MODE == "same_tick" and any(isinstance(e, (Exited, Signalled)) for e in events):
         break
+    if MODE == "same_tick_arms" and any(isinstance(e, Exited) for e in events):
+        # The old worker is forgotten as exited; the new one, hung, arms its timer
+        # with the very identity the old one had: it must be watched all the same.
+        feed.put(TimerRequest(new, "new", time.time() + 0.3, start_time=old_start))
+        MODE = "no_start_time"  # now wait for its reap
     if MODE == "no_start_time" and any(isinstance(e, Reaped) for e in events):
         break
     time.sleep(0.01)
@@ -180,6 +188,14 @@ class TestPidReuse:
         assert result["new_alive"], result
         assert "Signalled" not in kinds, result
         assert "Exited" in kinds, result
+
+    def test_new_process_with_the_same_pid_and_start_time_is_watched(self):
+        # The old worker is remembered as gone; the new one's request is not late.
+        result = _run_in_pid_namespace("same_tick_arms")
+        assert not result["new_alive"], result
+        assert os.WTERMSIG(result["new_status"]) == signal.SIGKILL, result  # type: ignore[arg-type]
+        kinds = [kind for kind, pid, _ in result["events"] if pid == result["pid"]]  # type: ignore[attr-defined,union-attr]
+        assert kinds[-2:] == ["Signalled", "Reaped"], result
 
     def test_new_process_on_a_reused_pid_without_start_time_is_reaped(self):
         # torch's client: the new process's request must not be filed under the dead one.

@@ -458,6 +458,15 @@ class TestLateRequests:
         assert h.events.of(Rejected) == []
         assert [e.detail for e in h.events.of(Exited)] == ["exited; a new request names its pid"]
 
+    def test_a_worker_cleared_alive_has_its_next_timers_armed(self, make_server, spawn):
+        h = make_server(start=False)
+        child = spawn()
+        h.server.register_timers([child.request("first", after=60.0)])
+        h.server.clear_timers({child.pid})  # forgotten, but alive
+        h.server.register_timers([child.request("second", after=60.0)])
+        stats = h.server.stats()
+        assert (stats.armed, stats.timers, stats.late, stats.rejected) == (2, 1, 0, 0)
+
     def test_a_request_of_a_pid_never_seen_is_still_rejected(self, make_server, spawn):
         h = make_server(start=False)
         child = spawn()

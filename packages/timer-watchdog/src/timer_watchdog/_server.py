@@ -214,8 +214,9 @@ class WatchdogServer(TimerServer):
         self._handles: dict[int, Target] = {}
         #: Handles of forgotten workers, closed as soon as no reap step can use them.
         self._closing: list[Target] = []
-        #: Start time of the last forgotten worker of each pid (the latest GONE_KEPT):
-        #: a request that names one came late, from a process that exited since.
+        #: Start time of the last worker of each pid forgotten once it had exited (the
+        #: latest GONE_KEPT): a request that names it, when no live process does, came
+        #: late from that worker.
         self._gone: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._subscribers: tuple[Callable[[Event], None], ...] = ()
         self._counts = dict.fromkeys(_COUNTERS, 0)
@@ -372,8 +373,6 @@ class WatchdogServer(TimerServer):
         if worker is not None and pid != batch.last_seen and pid not in batch.seen:
             worker = self._still_alive(batch, worker)
         if worker is None or (start_time is not None and start_time != worker.start_time):
-            if start_time is not None and self._gone.get(pid) == start_time:
-                raise _Late  # from a process that has exited since (or was reaped)
             batch.forgotten = batch.forgotten or worker is not None
             worker = self._admit(request, worker, batch.events)
             batch.seen.add(pid)
@@ -507,13 +506,16 @@ class WatchdogServer(TimerServer):
             try:
                 handle = Target(self._procfs, pid, claimed)
             except PidReused:
+                if claimed == self._gone.get(pid):
+                    raise _Late from None  # sent by the worker that had the pid before
                 raise InvalidRequestError(
                     RejectReason.PID_REUSED,
                     f"pid {pid} names a process that did not start at {claimed}",
                 ) from None
             except ProcessGone:
-                if claimed is None and pid in self._gone:
-                    raise _Late from None  # most likely sent by the worker that was there
+                gone = self._gone.get(pid)
+                if gone is not None and claimed in (None, gone):
+                    raise _Late from None  # sent by the worker that had the pid, now gone
                 raise InvalidRequestError(
                     RejectReason.NO_SUCH_PROCESS, f"pid {pid} does not exist"
                 ) from None
@@ -581,15 +583,15 @@ class WatchdogServer(TimerServer):
         :meth:`_close_handles`, once no reap step can be using it.
         """
         worker = self._table.drop_worker(pid)
-        if worker is not None:
-            gone = self._gone
-            gone[pid] = worker.start_time
-            gone.move_to_end(pid)
-            if len(gone) > GONE_KEPT:
-                gone.popitem(last=False)
         self._reaps.pop(pid, None)
         handle = self._handles.pop(pid, None)
         if handle is not None:
+            if worker is not None and not handle.alive():  # not a worker cleared alive
+                gone = self._gone
+                gone[pid] = worker.start_time
+                gone.move_to_end(pid)
+                if len(gone) > GONE_KEPT:
+                    gone.popitem(last=False)
             self._closing.append(handle)
         if worker is not None and len(worker) and events is not None:
             logger.info("worker %d held %d timer(s) (%s); dropped them", pid, len(worker), detail)
