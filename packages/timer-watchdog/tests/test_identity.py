@@ -207,6 +207,52 @@ class TestPidReuse:
         assert details == ["exited; a new request names its pid"], result
 
 
+#: As pid 1 of a new pid namespace whose /proc hides other users' processes
+#: (``hidepid=1``): a server that runs as ``nobody`` gets a request naming root's process.
+HIDDEN_PROC_SCENARIO = r"""
+import json, os, pwd, subprocess, time
+from timer_api import TimerRequest
+from timer_watchdog import Rejected, WatchdogServer
+
+target = subprocess.Popen(["sleep", "60"])  # root's, ended with the namespace
+events = []
+server = WatchdogServer(None, max_interval=60.0)
+server.subscribe(events.append)
+nobody = pwd.getpwnam("nobody")
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)  # everything it needs is imported already
+server.register_timers([TimerRequest(target.pid, "x", time.time() + 60)])
+print(json.dumps([[e.reason, e.detail] for e in events if isinstance(e, Rejected)]))
+"""
+
+
+@pytest.mark.skipif(_NO_PIDNS is not None, reason=str(_NO_PIDNS))
+def test_a_process_whose_proc_files_are_hidden_is_refused_as_another_users():
+    done = subprocess.run(
+        [
+            "unshare",
+            "-p",
+            "-f",
+            "--mount-proc",
+            "sh",
+            "-c",
+            'mount -o remount,hidepid=1 /proc || exit 77; exec "$0" -c "$1"',
+            sys.executable,
+            HIDDEN_PROC_SCENARIO,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+    if done.returncode == 77:
+        pytest.skip(f"cannot mount /proc with hidepid=1 here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    [[reason, detail]] = json.loads(done.stdout.splitlines()[-1])
+    assert reason == "other_user"
+    assert "cannot be read" in detail
+
+
 #: A worker whose main thread exits (the leader turns zombie) while another thread hangs.
 ZOMBIE_LEADER = """
 import ctypes

@@ -129,6 +129,18 @@ def _check_each(
     return valid, rejected
 
 
+def _unreadable(pid: int, exc: PermissionError) -> InvalidRequestError:
+    """Return the refusal of a process whose /proc files this server may not read.
+
+    /proc hides them (``hidepid``) from all but their owner: another user's process,
+    whose identity the server cannot prove.
+    """
+    return InvalidRequestError(
+        RejectReason.OTHER_USER,
+        f"pid {pid}: its /proc files cannot be read ({exc.strerror}): another user's process",
+    )
+
+
 def _deadline(batch: _Batch, request: TimerRequest) -> float:
     """Return the monotonic deadline to arm ``request`` by.
 
@@ -519,8 +531,13 @@ class WatchdogServer(TimerServer):
                 raise InvalidRequestError(
                     RejectReason.NO_SUCH_PROCESS, f"pid {pid} does not exist"
                 ) from None
+            except PermissionError as exc:
+                raise _unreadable(pid, exc) from None
             try:
                 self._check_allowed(pid)
+            except PermissionError as exc:
+                handle.close()
+                raise _unreadable(pid, exc) from None
             except BaseException:
                 handle.close()
                 raise
