@@ -444,6 +444,7 @@ class TestWithoutPidfd:
         h.events.wait_for(Reaped, child.pid)
         assert "identifying workers by /proc start time" in caplog.text
 
+    @pytest.mark.slow
     def test_a_worker_is_not_forgotten_while_proc_cannot_be_read(
         self, make_server, spawn, monkeypatch, caplog
     ):
