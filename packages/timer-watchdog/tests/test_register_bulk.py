@@ -126,26 +126,27 @@ def _odd(child: Any, kind: str) -> Any:
     return request
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "bad signal",
-        "bool signal",
-        "int scope",
-        "long scope",
-        "nan expiration",
-        "str expiration",
-        "no deadline",
-        "infinite deadline",
-        "release",
-        "duplicate",
-        "other thread",
-        "wrong start time",
-        "unhashable thread",
-        "not a request",
-        "subclass",
-    ],
-)
+#: The kinds of request (or object) :func:`_odd` makes.
+ODD_KINDS = [
+    "bad signal",
+    "bool signal",
+    "int scope",
+    "long scope",
+    "nan expiration",
+    "str expiration",
+    "no deadline",
+    "infinite deadline",
+    "release",
+    "duplicate",
+    "other thread",
+    "wrong start time",
+    "unhashable thread",
+    "not a request",
+    "subclass",
+]
+
+
+@pytest.mark.parametrize("kind", ODD_KINDS)
 def test_a_batch_with_one_odd_request_is_taken_one_by_one(make_server, spawn, bulk_calls, kind):
     child = spawn()
     batch = _batch(child)
@@ -213,23 +214,6 @@ def test_a_batch_of_invalid_requests_alike_is_rejected_one_by_one(make_server, s
     assert whole == single
     assert whole[0] == (N, 0, 0, N, 0)
     assert bulk_calls == []
-
-
-ODD_KINDS = [
-    "bad signal",
-    "bool signal",
-    "int scope",
-    "long scope",
-    "nan expiration",
-    "str expiration",
-    "no deadline",
-    "infinite deadline",
-    "release",
-    "duplicate",
-    "other thread",
-    "wrong start time",
-    "not a request",
-]
 
 
 @settings(
