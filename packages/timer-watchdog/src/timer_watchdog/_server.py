@@ -735,14 +735,19 @@ class WatchdogServer(TimerServer):
     def _expire(self, now: float) -> None:
         """Report timers past their deadline; start reaps; drop workers that exited.
 
-        A timer whose action is to signal stays held until its worker's reap is over;
-        one that is only observed is reported and dropped, so the worker's other
-        timers stay armed.
+        When some timer is due, the requests waiting in the queue are registered
+        first (:meth:`_take_in_waiting`). A timer whose action is to signal stays
+        held until its worker's reap is over; one that is only observed is reported
+        and dropped, so the worker's other timers stay armed.
         """
         with self._lock:
             deadline = self._table.next_deadline()
         if deadline is None or deadline > now:
             return
+        try:
+            self._take_in_waiting()
+        except Exception:  # the queue's fault: the due timers are judged all the same
+            logger.exception("reading the request queue before expiring failed")
         events: list[Event] = []
         with self._reap_lock, self._report_lock:
             with self._lock:
@@ -842,12 +847,6 @@ class WatchdogServer(TimerServer):
             with self._lock:
                 self._counts["loops"] += 1
 
-    def _any_due(self, now: float) -> bool:
-        """Tell whether some armed timer's deadline is at or before ``now``."""
-        with self._lock:
-            deadline = self._table.next_deadline()
-        return deadline is not None and deadline <= now
-
     def _take_in_waiting(self) -> None:
         """Register the requests waiting in the queue now, before any timer is judged expired.
 
@@ -913,11 +912,6 @@ class WatchdogServer(TimerServer):
         if requests:
             self._register_batch(requests)
         now = time.monotonic()
-        if self._any_due(now):
-            try:
-                self._take_in_waiting()
-            except Exception:  # the queue's fault: the due timers are judged all the same
-                logger.exception("reading the request queue before expiring failed")
         self._expire(now)
         with self._lock:
             due = [pid for pid, reap in self._reaps.items() if reap.due <= now]
